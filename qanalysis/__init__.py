@@ -1,0 +1,1 @@
+"""qanalysis: will INT8 hurt my model?"""

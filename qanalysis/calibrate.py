@@ -1,0 +1,220 @@
+"""Observers and calibration ranges: min-max, percentile, entropy (KL) and MSE.
+
+``collect_stats`` runs the float graph over the calibration batches twice: the first
+pass records min, max, moments and per-channel absmax of every tensor ORT quantizes;
+the second fills a fixed-range histogram (2048 bins over [min, max]) from which the
+percentile, entropy and MSE ranges are computed. ``calibration_range`` turns a tensor's
+statistics into the [rmin, rmax] that ``scheme.compute_scale_zp`` then maps to (s, z).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+import torch
+
+from .interpreter import Program
+from .scheme import ActivationSpec, QRange, compute_scale_zp
+from .workload import Inputs
+
+BINS = 2048
+
+
+@dataclass
+class TensorStats:
+    """Statistics of one activation tensor over the calibration data."""
+
+    name: str
+    min: float
+    max: float
+    count: int
+    mean: float
+    std: float
+    kurtosis: float  # excess kurtosis (0 for a Gaussian)
+    channel_axis: int
+    channel_absmax: torch.Tensor  # [C]
+    hist: torch.Tensor | None = None  # [BINS] counts over [min, max]
+
+    @property
+    def absmax(self) -> float:
+        return max(abs(self.min), abs(self.max))
+
+    def bin_centers(self) -> torch.Tensor:
+        edges = torch.linspace(self.min, self.max, BINS + 1, dtype=torch.float64)
+        return (edges[:-1] + edges[1:]) / 2
+
+
+def channel_axis(t: torch.Tensor) -> int:
+    """NCHW / NC → 1; [B, T, C] token tensors → last."""
+    if t.dim() == 3:
+        return 2
+    return 1 if t.dim() >= 2 else 0
+
+
+class _Acc:
+    def __init__(self) -> None:
+        self.min = math.inf
+        self.max = -math.inf
+        self.n = 0
+        self.s1 = self.s2 = self.s3 = self.s4 = 0.0
+        self.ch: torch.Tensor | None = None
+        self.axis = 1
+        self.hist: torch.Tensor | None = None
+
+    def first(self, t: torch.Tensor) -> None:
+        t = t.detach().float()
+        if t.numel() == 0:
+            return
+        self.min = min(self.min, float(t.min()))
+        self.max = max(self.max, float(t.max()))
+        d = t.double().reshape(-1)
+        self.n += d.numel()
+        self.s1 += float(d.sum())
+        self.s2 += float((d * d).sum())
+        self.s3 += float((d**3).sum())
+        self.s4 += float((d**4).sum())
+        self.axis = channel_axis(t)
+        dims = [i for i in range(t.dim()) if i != self.axis]
+        cm = t.abs().amax(dim=dims) if dims else t.abs()
+        if self.ch is None or self.ch.shape != cm.shape:
+            self.ch = cm if self.ch is None or self.ch.shape != cm.shape else torch.maximum(self.ch, cm)
+        else:
+            self.ch = torch.maximum(self.ch, cm)
+
+    def second(self, t: torch.Tensor) -> None:
+        lo, hi = self.min, self.max
+        if hi <= lo:
+            hi = lo + 1e-12
+        h = torch.histc(t.detach().float().reshape(-1), bins=BINS, min=lo, max=hi)
+        self.hist = h if self.hist is None else self.hist + h
+
+    def stats(self, name: str) -> TensorStats:
+        n = max(self.n, 1)
+        mean = self.s1 / n
+        var = max(self.s2 / n - mean**2, 0.0)
+        m4 = self.s4 / n - 4 * mean * self.s3 / n + 6 * mean**2 * self.s2 / n - 3 * mean**4
+        kurt = m4 / var**2 - 3.0 if var > 1e-20 else 0.0
+        return TensorStats(
+            name=name, min=self.min, max=self.max, count=self.n, mean=mean, std=math.sqrt(var),
+            kurtosis=kurt, channel_axis=self.axis,
+            channel_absmax=self.ch if self.ch is not None else torch.zeros(1), hist=self.hist,
+        )  # fmt: skip
+
+
+def collect_stats(
+    program: Program,
+    batches: list[Inputs],
+    tensors: Iterable[str],
+    *,
+    histograms: bool = True,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, TensorStats]:
+    """Run the float graph over ``batches`` and observe ``tensors``."""
+    wanted = set(tensors)
+    accs = {t: _Acc() for t in wanted}
+    feeds = [dict(zip(program.inputs, b)) for b in batches]
+    with torch.inference_mode():
+        for f in feeds:
+            env = program.run(f, keep=wanted)
+            for t in wanted:
+                if t in env:
+                    accs[t].first(env[t])
+        if histograms:
+            for f in feeds:
+                env = program.run(f, keep=wanted)
+                for t in wanted:
+                    if t in env:
+                        accs[t].second(env[t])
+    return {t: a.stats(t) for t, a in accs.items() if a.n}
+
+
+# --------------------------------------------------------------------------- ranges
+
+
+def _fake_quant_values(x: torch.Tensor, lo: float, hi: float, qr: QRange, symmetric: bool) -> torch.Tensor:
+    s, z = compute_scale_zp(torch.tensor(lo), torch.tensor(hi), qr, symmetric)
+    s64 = s.double()
+    return (torch.clamp(torch.round(x / s64) + z, qr.qmin, qr.qmax) - z) * s64
+
+
+def _percentile_range(st: TensorStats, p: float) -> tuple[float, float]:
+    h = st.hist.double()
+    cdf = torch.cumsum(h, 0) / h.sum()
+    centers = st.bin_centers()
+    tail = (100.0 - p) / 100.0
+    if st.min >= 0:  # one-sided (post-ReLU): clip only the top
+        hi = float(centers[int(torch.searchsorted(cdf, torch.tensor(1.0 - tail, dtype=torch.float64)).clamp(max=BINS - 1))])
+        return 0.0, min(hi, st.max)
+    lo_i = int(torch.searchsorted(cdf, torch.tensor(tail / 2, dtype=torch.float64)).clamp(max=BINS - 1))
+    hi_i = int(torch.searchsorted(cdf, torch.tensor(1.0 - tail / 2, dtype=torch.float64)).clamp(max=BINS - 1))
+    return max(float(centers[lo_i]), st.min), min(float(centers[hi_i]), st.max)
+
+
+def _candidates(st: TensorStats, n: int = 96) -> list[tuple[float, float]]:
+    """Clipping candidates: the min-max range shrunk by factors in (0.05, 1]."""
+    return [(st.min * f, st.max * f) for f in torch.linspace(0.05, 1.0, n).tolist()]
+
+
+def _mse_range(st: TensorStats, qr: QRange, symmetric: bool) -> tuple[float, float]:
+    """argmin over clipping candidates of E[(x − x̂)²], estimated from the histogram."""
+    x, w = st.bin_centers(), st.hist.double()
+    best, best_err = (st.min, st.max), math.inf
+    for lo, hi in _candidates(st):
+        err = float((w * (x - _fake_quant_values(x, lo, hi, qr, symmetric)) ** 2).sum())
+        if err < best_err - 1e-18:
+            best, best_err = (lo, hi), err
+    return best
+
+
+def _entropy_range(st: TensorStats, qr: QRange, symmetric: bool) -> tuple[float, float]:
+    """argmin over clipping candidates of KL(P ‖ Q), P the histogram, Q its quantized version
+    (TensorRT's entropy calibration: clipped mass folded into the edge bins, each grid cell's
+    mass spread evenly over the non-empty bins it covers)."""
+    x, p_full = st.bin_centers(), st.hist.double()
+    total = p_full.sum()
+    if total <= 0:
+        return st.min, st.max
+    best, best_kl = (st.min, st.max), math.inf
+    for lo, hi in _candidates(st, 64):
+        inside = (x >= lo) & (x <= hi)
+        if inside.sum() < 2:
+            continue
+        p = torch.where(inside, p_full, torch.zeros_like(p_full))
+        first, last = int(inside.nonzero()[0]), int(inside.nonzero()[-1])
+        p[first] += p_full[:first].sum()
+        p[last] += p_full[last + 1 :].sum()
+        s, z = compute_scale_zp(torch.tensor(lo), torch.tensor(hi), qr, symmetric)
+        cell = torch.clamp(torch.round(x / s.double()) + z, qr.qmin, qr.qmax).long() - qr.qmin
+        n_cells = qr.qmax - qr.qmin + 1
+        nz = (p > 0).double()
+        cell_mass = torch.zeros(n_cells, dtype=torch.float64).index_add_(0, cell, p)
+        cell_bins = torch.zeros(n_cells, dtype=torch.float64).index_add_(0, cell, nz)
+        q = torch.where(p > 0, cell_mass[cell] / cell_bins[cell].clamp(min=1), torch.zeros_like(p))
+        pn, qn = p / p.sum(), q / q.sum()
+        mask = pn > 0
+        kl = float((pn[mask] * torch.log(pn[mask] / qn[mask].clamp(min=1e-12))).sum())
+        if kl < best_kl - 1e-12:
+            best, best_kl = (lo, hi), kl
+    return best
+
+
+CALIBRATORS: dict[str, Callable[..., tuple[float, float]]] = {
+    "minmax": lambda st, spec, qr: (st.min, st.max),
+    "percentile": lambda st, spec, qr: _percentile_range(st, float(spec.percentile)),
+    "entropy": lambda st, spec, qr: _entropy_range(st, qr, spec.symmetric),
+    "mse": lambda st, spec, qr: _mse_range(st, qr, spec.symmetric),
+}
+
+
+def list_calibrations() -> list[str]:
+    return list(CALIBRATORS)
+
+
+def calibration_range(st: TensorStats, spec: ActivationSpec, bits: int | None = None) -> tuple[float, float]:
+    """[rmin, rmax] of a tensor for the activation spec (``bits`` overrides spec.bits)."""
+    qr = QRange.for_bits(bits or spec.bits, spec.symmetric)
+    if spec.calibration != "minmax" and st.hist is None:
+        raise ValueError(f"{spec.calibration} calibration needs histograms")
+    return CALIBRATORS[spec.calibration](st, spec, qr)

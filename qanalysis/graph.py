@@ -1,0 +1,428 @@
+"""The quantizable layers, in execution order, as ONNX Runtime will see them.
+
+``prepare(workload)`` does what a user's deployment does: export the PyTorch model to
+ONNX (the dynamo exporter folds BatchNorm into the convolutions), run ORT's
+``quant_pre_process``, then ask ORT's own ``quantize_static`` (QDQ) which tensors it
+puts Q/DQ pairs on. That *plan* (which edges are quantized, which initializers are
+int8 weights or int32 biases, which tensors share quantization parameters, which ReLUs
+are fused away) is read back from the QDQ model, so the simulation quantizes exactly
+the tensors the engine quantizes, for any architecture, instead of re-implementing
+ORT's rules by hand.
+
+Layers are named by PyTorch module qualified names (``layer1.0.conv2``); ops that have
+no module of their own (a residual ``Add``, an attention ``MatMul``) are named
+``<module>:<op>`` (``layer1.0:add``, ``blocks.0.attn:matmul_1``).
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import io
+import logging
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import onnx
+import torch
+
+from .errors import ExportError
+from .interpreter import Program
+from .scheme import Scheme
+from .workload import Inputs, Workload
+
+OPSET = 18
+# ORT shares the input's scale for these ops' outputs (QDQDirect8BitOp & friends).
+PASSTHROUGH_OPS = {
+    "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "MaxPool", "AveragePool", "Slice",
+    "Resize", "Split", "Gather", "GatherElements", "Pad", "TopK", "Identity", "Expand", "Tile",
+}  # fmt: skip
+
+
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """Silence the exporters' progress prints, warnings and log lines."""
+    out, err = io.StringIO(), io.StringIO()
+    loggers = [logging.getLogger(n) for n in ("torch", "torch.onnx", "onnxscript", "onnxruntime", "root")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, lv in zip(loggers, levels):
+            lg.setLevel(lv)
+
+
+def _first_line_of(e: BaseException) -> str:
+    text = str(e)
+    for line in text.splitlines():
+        if "Unsupported" in line or "aten." in line or "not supported" in line.lower():
+            return line.strip()[:300]
+    return (text.splitlines() or [type(e).__name__])[0][:300]
+
+
+def export_onnx(model: torch.nn.Module, example: Inputs, path: Path) -> Path:
+    """PyTorch → one ONNX file, dynamic batch on every input, opset 18.
+
+    The dynamo exporter first (it keeps parameter names and module scopes); the
+    TorchScript exporter as a fallback for models torch.export cannot trace.
+    """
+    if example[0].shape[0] == 1:  # avoid the exporter specializing a batch of 1
+        example = tuple(torch.cat([t, t]) for t in example)
+    batch = torch.export.Dim("batch", min=1)
+    errors = []
+    with quiet():
+        try:
+            torch.onnx.export(
+                model, example, str(path), dynamo=True, opset_version=OPSET,
+                dynamic_shapes=tuple({0: batch} for _ in example), optimize=True,
+            )  # fmt: skip
+            return path
+        except Exception as e:  # noqa: BLE001
+            errors.append(_first_line_of(e))
+        try:
+            names = [f"input_{i}" for i in range(len(example))]
+            torch.onnx.export(
+                model, example, str(path), dynamo=False, opset_version=17, input_names=names,
+                output_names=["output"], dynamic_axes={**{n: {0: "batch"} for n in names}, "output": {0: "batch"}},
+            )  # fmt: skip
+            return path
+        except Exception as e:  # noqa: BLE001
+            errors.append(_first_line_of(e))
+    raise ExportError(f"ONNX export failed: {errors[0]}" + (f" (TorchScript exporter: {errors[1]})" if len(errors) > 1 else ""))
+
+
+def preprocess(src: Path, dst: Path) -> Path:
+    """ORT's quant_pre_process (shape inference + basic graph optimization), names made unique."""
+    from onnxruntime.quantization import quant_pre_process
+
+    with quiet():
+        try:
+            quant_pre_process(str(src), str(dst))
+        except Exception:  # noqa: BLE001 - symbolic shape inference fails on some graphs
+            try:
+                quant_pre_process(str(src), str(dst), skip_symbolic_shape=True)
+            except Exception as e:  # noqa: BLE001
+                raise ExportError(f"ONNX Runtime's quant_pre_process failed: {_first_line_of(e)}") from None
+    m = onnx.load(str(dst))
+    seen: set[str] = set()
+    changed = False
+    for i, n in enumerate(m.graph.node):
+        if not n.name or n.name in seen:
+            n.name = f"{n.op_type}_{i}"
+            changed = True
+        seen.add(n.name)
+    if changed:
+        onnx.save(m, str(dst))
+    return dst
+
+
+class _Reader:
+    """A CalibrationDataReader over a few batches (the plan only needs the structure)."""
+
+    def __init__(self, names: list[str], batches: list[Inputs]):
+        self._it = iter([{n: t.numpy() for n, t in zip(names, b)} for b in batches])
+
+    def get_next(self) -> dict | None:
+        return next(self._it, None)
+
+
+def ort_quant_types(scheme: Scheme) -> dict:
+    """The quantize_static arguments that give ORT's default engine for a scheme."""
+    from onnxruntime.quantization import QuantType
+
+    a, w = scheme.activations, scheme.weights
+    return dict(
+        per_channel=w.granularity != "per_tensor",
+        activation_type=QuantType.QInt8 if a.symmetric else QuantType.QUInt8,
+        weight_type=QuantType.QInt8 if w.symmetric else QuantType.QUInt8,
+        extra_options={"ActivationSymmetric": a.symmetric, "WeightSymmetric": w.symmetric},
+    )
+
+
+def ort_quantize(src: Path, dst: Path, input_names: list[str], batches: list[Inputs], scheme: Scheme, **extra) -> Path:
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, quantize_static
+
+    kw = ort_quant_types(scheme)
+    kw["extra_options"] = {**kw["extra_options"], **extra.pop("extra_options", {})}
+    with quiet():
+        try:
+            quantize_static(
+                str(src), str(dst), _Reader(input_names, batches), quant_format=QuantFormat.QDQ,
+                calibrate_method=CalibrationMethod.MinMax, **kw, **extra,
+            )  # fmt: skip
+        except Exception as e:  # noqa: BLE001
+            raise ExportError(f"ONNX Runtime's quantize_static failed: {_first_line_of(e)}") from None
+    return dst
+
+
+# --------------------------------------------------------------------------- the plan
+
+
+@dataclass
+class Layer:
+    """One quantizable op: its quantized activation inputs, int8 weights and int32 bias."""
+
+    name: str
+    node: int
+    node_name: str
+    op_type: str
+    act_inputs: list[tuple[int, str]]  # (input position, tensor)
+    weights: list[tuple[int, str]]  # (input position, initializer) quantized like weights
+    bias: tuple[int, str] | None  # int32 bias, scale = s_x · s_w
+    output: str
+    params: int
+    order: int = 0
+    module: str = ""  # the leaf module (Linear, Conv…) this op belongs to, if any
+
+    @property
+    def weight(self) -> str | None:
+        return self.weights[0][1] if self.weights else None
+
+
+@dataclass
+class QuantGraph:
+    program: Program
+    float_path: Path
+    layers: list[Layer]
+    act_owner: dict[str, str]  # quantized tensor → tensor whose range gives its qparams
+    weight_axis: dict[str, int | None]  # weight initializer → per-channel axis in ORT's plan
+    edges: set[tuple[int, int]]  # (node index, input position) that read a Q/DQ'd tensor
+    output_quant: set[str]  # graph outputs ORT quantizes
+    input_names: list[str]
+    workdir: Path
+    export_note: str = ""
+    by_name: dict[str, Layer] = field(default_factory=dict)
+    by_node: dict[int, Layer] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.by_name = {l.name: l for l in self.layers}
+        self.by_node = {l.node: l for l in self.layers}
+
+    @property
+    def quantized_tensors(self) -> set[str]:
+        return set(self.act_owner)
+
+    def layer(self, name: str) -> Layer:
+        from .errors import ConfigError
+
+        if name not in self.by_name:
+            close = [n for n in self.by_name if name.split(".")[-1] in n][:5]
+            raise ConfigError(
+                f"unknown layer {name!r}" + (f"; did you mean {', '.join(close)}?" if close else f"; layers are {', '.join(list(self.by_name)[:8])}...")
+            )
+        return self.by_name[name]
+
+
+def _module_path_from_legacy(node_name: str) -> str:
+    segs = [s for s in node_name.strip("/").split("/")[:-1] if s]
+    cur = ""
+    for s in segs:
+        if not cur or s.startswith(cur + "."):
+            cur = s
+        else:
+            cur = f"{cur}.{s}"
+    return cur
+
+
+_LEAF_TYPES = ("Linear", "Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d", "Embedding", "LayerNorm")
+_LEAF_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "Gather", "LayerNormalization")
+
+
+def _module_of(node, modules: dict[str, str], scopes_by_name: dict[str, str]) -> tuple[str, bool]:
+    """(module path, is it the node's own leaf module)."""
+    scopes = node.meta.get("pkg.torch.onnx.name_scopes") or scopes_by_name.get(node.name)
+    if scopes:
+        try:
+            parts = ast.literal_eval(scopes)
+        except (ValueError, SyntaxError):
+            parts = []
+        mods = [p for p in parts[:-1] if p]
+        if mods:
+            return mods[-1], modules.get(mods[-1]) in _LEAF_TYPES
+        return "", False
+    if node.name.startswith("/"):
+        path = _module_path_from_legacy(node.name)
+        return path, modules.get(path) in _LEAF_TYPES
+    return "", False
+
+
+def _name_layers(prog: Program, layers: list[Layer], model: torch.nn.Module, scopes_by_name: dict[str, str]) -> None:
+    param_names = {n for n, _ in model.named_parameters()}
+    modules = {n: type(m).__name__ for n, m in model.named_modules()}
+    counts: dict[str, int] = {}
+    used: set[str] = set()
+    for l in layers:
+        node = prog.nodes[l.node]
+        name = ""
+        w = l.weight
+        mod, leaf = _module_of(node, modules, scopes_by_name)
+        if w and w.endswith(".weight") and w in param_names and node.op in _LEAF_OPS:
+            name = w[: -len(".weight")]
+            l.module = name
+        else:
+            if leaf and node.op in _LEAF_OPS:
+                name = mod
+            if leaf:
+                l.module = mod
+        if not name:
+            op = node.op.lower()
+            key = f"{mod}:{op}"
+            k = counts.get(key, 0)
+            counts[key] = k + 1
+            name = (f"{mod}:{op}" if mod else op) + (f"_{k}" if k else "")
+        base, i = name, 1
+        while name in used:
+            name = f"{base}_{i}"
+            i += 1
+        used.add(name)
+        l.name = name
+
+
+def read_plan(qdq: onnx.ModelProto, prog: Program) -> tuple[dict, dict, set, set, dict]:
+    """Read ORT's QDQ model back onto the float graph's node indices and tensor names."""
+    inits = {t.name: t for t in qdq.graph.initializer}
+    float_tensors = set(prog.initializers) | set(prog.inputs) | {o for n in prog.nodes for o in n.outputs}
+
+    def orig(name: str) -> str:
+        for suf in ("_QuantizeLinear_Input", "_DequantizeLinear_Output"):
+            if name.endswith(suf) and name[: -len(suf)] in float_tensors:
+                return name[: -len(suf)]
+        return name
+
+    q_of: dict[str, tuple[str, str]] = {}  # Q output → (float tensor, scale name)
+    for n in qdq.graph.node:
+        if n.op_type == "QuantizeLinear":
+            q_of[n.output[0]] = (orig(n.input[0]), n.input[1])
+    dq: dict[str, tuple] = {}  # DQ output → ("act", tensor, scale) | ("init", name, dtype, axis)
+    for n in qdq.graph.node:
+        if n.op_type != "DequantizeLinear":
+            continue
+        src = n.input[0]
+        axis = next((a.i for a in n.attribute if a.name == "axis"), None)
+        if src in q_of:
+            t, s = q_of[src]
+            dq[n.output[0]] = ("act", t, s)
+        elif src in inits:
+            base = src[: -len("_quantized")] if src.endswith("_quantized") else src
+            sc = inits.get(n.input[1])
+            per_ch = sc is not None and len(sc.dims) > 0 and int(np.prod(sc.dims)) > 1
+            dq[n.output[0]] = ("init", base, inits[src].data_type, axis if per_ch else None)
+    # Group tensors that share a scale initializer; the owner is the one ORT named it after.
+    groups: dict[str, list[str]] = {}
+    for t, s in q_of.values():
+        groups.setdefault(s, []).append(t)
+    act_owner: dict[str, str] = {}
+    for s, ts in groups.items():
+        owner = next((t for t in ts if s == f"{t}_scale"), ts[0])
+        for t in ts:
+            act_owner[t] = owner
+    by_name = {n.name: n for n in prog.nodes}
+    edges: set[tuple[int, int]] = set()
+    weights: dict[int, list[tuple[int, str, int, int | None]]] = {}
+    for n in qdq.graph.node:
+        if n.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            continue
+        fn = by_name.get(n.name)
+        if fn is None:
+            continue
+        for pos, i in enumerate(n.input):
+            if i in dq:
+                kind = dq[i]
+                if kind[0] == "act":
+                    edges.add((fn.index, pos))
+                else:
+                    weights.setdefault(fn.index, []).append((pos, kind[1], kind[2], kind[3]))
+    output_quant = {t for t, _ in q_of.values() if t in set(prog.outputs)}
+    return act_owner, weights, edges, output_quant, {}
+
+
+def build_layers(prog: Program, act_owner: dict, weights: dict, edges: set) -> tuple[list[Layer], dict[str, int | None]]:
+    layers: list[Layer] = []
+    weight_axis: dict[str, int | None] = {}
+    for n in prog.nodes:
+        act = [(pos, n.inputs[pos]) for (i, pos) in sorted(edges) if i == n.index]
+        ws = weights.get(n.index, [])
+        if not act and not ws:
+            continue
+        if not ws and (n.op in PASSTHROUGH_OPS or n.op not in _ORT_QUANT_OPS):
+            continue  # shares its input's grid, or ORT runs it in float between DQ and Q
+        wlist = [(p, name) for p, name, dt, _ in ws if dt != onnx.TensorProto.INT32]
+        blist = [(p, name) for p, name, dt, _ in ws if dt == onnx.TensorProto.INT32]
+        for p, name, dt, ax in ws:
+            if dt != onnx.TensorProto.INT32:
+                weight_axis[name] = ax
+        params = sum(int(prog.initializers[name].numel()) for _, name in wlist + blist if name in prog.initializers)
+        layers.append(
+            Layer(
+                name="",
+                node=n.index,
+                node_name=n.name,
+                op_type=n.op,
+                act_inputs=act,
+                weights=wlist,
+                bias=blist[0] if blist else None,
+                output=n.outputs[0],
+                params=params,
+                order=len(layers),
+            )
+        )
+    return layers, weight_axis
+
+
+def _ort_quant_ops() -> set[str]:
+    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
+
+    return set(QDQRegistry) | set(QLinearOpsRegistry)
+
+
+_ORT_QUANT_OPS = _ort_quant_ops()
+_CACHE: dict[tuple, QuantGraph] = {}
+
+
+def prepare(workload: Workload, scheme: Scheme | None = None, workdir: Path | None = None) -> QuantGraph:
+    """Export, pre-process and read ORT's QDQ plan for ``workload`` under ``scheme``."""
+    scheme = scheme or Scheme()
+    key = (id(workload), id(workload.model), scheme.activations.symmetric, scheme.weights.symmetric,
+           scheme.weights.granularity == "per_tensor")  # fmt: skip
+    if key in _CACHE:
+        return _CACHE[key]
+    wd = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="qanalysis-"))
+    wd.mkdir(parents=True, exist_ok=True)
+    raw = export_onnx(workload.model, workload.calibration[0], wd / "exported.onnx")
+    pre = preprocess(raw, wd / "model_fp32.onnx")
+    model = onnx.load(str(pre))
+    prog = Program(model)
+    if len(prog.inputs) != len(workload.calibration[0]):
+        raise ExportError(
+            f"the exported graph has {len(prog.inputs)} inputs but the batches have {len(workload.calibration[0])} tensors"
+        )
+    workload.input_names = list(prog.inputs)
+    qdq_path = ort_quantize(pre, wd / "plan_qdq.onnx", prog.inputs, workload.calibration[:1], scheme)
+    act_owner, weights, edges, output_quant, _ = read_plan(onnx.load(str(qdq_path)), prog)
+    layers, weight_axis = build_layers(prog, act_owner, weights, edges)
+    if not layers:
+        raise ExportError("ONNX Runtime found nothing to quantize in this model (no Conv, Gemm, MatMul, Add... ops)")
+    scopes = {n.name: p.value for n in onnx.load(str(raw)).graph.node for p in n.metadata_props
+              if p.key == "pkg.torch.onnx.name_scopes"}  # fmt: skip
+    _name_layers(prog, layers, workload.model, scopes)
+    qg = QuantGraph(
+        program=prog,
+        float_path=pre,
+        layers=layers,
+        act_owner=act_owner,
+        weight_axis=weight_axis,
+        edges=edges,
+        output_quant=output_quant,
+        input_names=list(prog.inputs),
+        workdir=wd,
+    )
+    _CACHE[key] = qg
+    return qg

@@ -1,0 +1,314 @@
+"""Fake-quantized execution of the float ONNX graph for a config.
+
+Quantization is a property of *edges* (a tensor as read by one node) and of weights:
+
+* an edge into a layer is quantized iff that layer is quantized (``int8``/``int4``); a
+  layer kept in ``fp16`` reads its input rounded to half precision, one in ``fp32`` reads
+  it untouched — so a float layer's input really is float;
+* an edge into an op ORT runs in float or shares its input's grid (ReduceMean, MaxPool,
+  Reshape…) is quantized iff the layer that produced the tensor is quantized and some
+  quantized layer (or the graph output) reads the result: that is the Q/DQ pair the
+  producer's int8 kernel emits;
+* weights are fake-quantized with the scheme's weight spec, biases to int32 with scale
+  s_x·s_w, exactly as ``quantize_static`` writes them.
+
+Under the default scheme and an all-int8 config this reproduces the Q/DQ placement of
+ORT's own ``quantize_static`` QDQ model (read in ``graph.read_plan``), which is what lets
+the simulated metric predict the engine's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Hashable, Mapping
+
+import torch
+
+from .calibrate import TensorStats, calibration_range
+from .graph import Layer, QuantGraph
+from .scheme import Config, QParams, QRange, Scheme, WeightSpec, compute_scale_zp
+
+
+def fake_quant(x: torch.Tensor, qp: QParams) -> torch.Tensor:
+    """x̂ = s · (clamp(round(x / s) + z, qmin, qmax) − z); round half to even, as ONNX Runtime."""
+    s, z = qp.scale, qp.zero_point.to(x.dtype)
+    if qp.axis is not None and s.dim() == 1 and x.dim() > 1:
+        shape = [1] * x.dim()
+        shape[qp.axis] = -1
+        s, z = s.reshape(shape), z.reshape(shape)
+    q = torch.clamp(torch.round(x / s) + z, qp.qrange.qmin, qp.qrange.qmax)
+    return (q - z) * s
+
+
+def quantize_weight(w: torch.Tensor, spec: WeightSpec, axis: int | None, bits: int) -> tuple[torch.Tensor, QParams]:
+    """Weights as ``quantize_static`` stores them: per tensor, per channel along ``axis``, or
+    in groups of ``spec.granularity`` along the reduction dimension (simulation only)."""
+    qr = QRange.for_bits(bits, spec.symmetric)
+    g = spec.granularity
+    if g == "per_tensor" or axis is None or w.dim() < 2:
+        s, z = compute_scale_zp(w.min(), w.max(), qr, spec.symmetric)
+        qp = QParams(s, z, qr)
+        return fake_quant(w, qp), qp
+    axis = axis % w.dim()
+    moved = w.movedim(axis, 0)
+    flat = moved.reshape(moved.shape[0], -1)
+    if g == "per_channel":
+        s, z = compute_scale_zp(flat.amin(1), flat.amax(1), qr, spec.symmetric)
+        qp = QParams(s, z, qr, axis=axis)
+        return fake_quant(w, qp), qp
+    # group-wise: groups of g consecutive reduction elements per output channel
+    k = flat.shape[1]
+    pad = (-k) % g
+    padded = torch.nn.functional.pad(flat, (0, pad)) if pad else flat
+    grouped = padded.reshape(flat.shape[0], -1, g)
+    s, z = compute_scale_zp(grouped.amin(2), grouped.amax(2), qr, spec.symmetric)
+    qp = QParams(s, z, qr, axis=None, group=g)
+    q = torch.clamp(torch.round(grouped / s[..., None]) + z[..., None], qr.qmin, qr.qmax)
+    deq = ((q - z[..., None]) * s[..., None]).reshape(flat.shape[0], -1)[:, :k]
+    return deq.reshape(moved.shape).movedim(0, axis), qp
+
+
+def dynamic_fake_quant(x: torch.Tensor, bits: int, symmetric: bool) -> torch.Tensor:
+    """Dynamic activations: (s, z) from each sample's own min/max at run time."""
+    qr = QRange.for_bits(bits, symmetric)
+    flat = x.reshape(x.shape[0], -1)
+    s, z = compute_scale_zp(flat.amin(1), flat.amax(1), qr, symmetric)
+    shape = [-1] + [1] * (x.dim() - 1)
+    q = torch.clamp(torch.round(x / s.reshape(shape)) + z.reshape(shape).to(x.dtype), qr.qmin, qr.qmax)
+    return (q - z.reshape(shape).to(x.dtype)) * s.reshape(shape)
+
+
+@dataclass
+class SimPlan:
+    """What a config quantizes: a key per quantized edge, weight and graph output."""
+
+    config: Config
+    edges: dict[tuple[int, int], Hashable] = field(default_factory=dict)
+    weights: dict[str, Hashable] = field(default_factory=dict)
+    outputs: dict[str, Hashable] = field(default_factory=dict)
+
+    def float_tensors(self, qg: QuantGraph) -> list[str]:
+        """Tensors ORT would quantize in an all-int8 engine that stay float under this config."""
+        active = {qg.program.nodes[i].inputs[p] for (i, p), k in self.edges.items() if k and k[0] in ("q", "dyn")}
+        active |= {o for o, k in self.outputs.items() if k}
+        return sorted(t for t in qg.quantized_tensors if t not in active)
+
+
+class Simulator:
+    """Fake-quantized runs of a QuantGraph under any config of one scheme."""
+
+    def __init__(self, qg: QuantGraph, stats: Mapping[str, TensorStats], scheme: Scheme):
+        self.qg, self.stats, self.scheme = qg, stats, scheme
+        self.prog = qg.program
+        self._act: dict[tuple, QParams | None] = {}
+        self._w: dict[Hashable, torch.Tensor] = {}
+        self._wqp: dict[tuple, QParams] = {}
+        self.overrides: dict[str, tuple[float, float]] = {}  # tensor → forced [rmin, rmax]
+        self.weight_overrides: dict[str, torch.Tensor] = {}  # initializer → replaced float value
+        layer_nodes = set(qg.by_node)
+        self._origin: dict[str, Layer | None] = {}
+        self._reach: dict[int, tuple[set[int], bool]] = {}
+        outs = set(self.prog.outputs)
+        for i, n in enumerate(self.prog.nodes):
+            if i in layer_nodes:
+                continue
+            layers, out_reached, todo, seen = set(), False, [i], {i}
+            while todo:
+                j = todo.pop()
+                for o in self.prog.nodes[j].outputs:
+                    out_reached |= o in outs
+                    for c in self.prog.consumers.get(o, ()):
+                        if c in layer_nodes:
+                            layers.add(c)
+                        elif c not in seen:
+                            seen.add(c)
+                            todo.append(c)
+            self._reach[i] = (layers, out_reached)
+
+    # ------------------------------------------------------------------ structure
+    def origin(self, tensor: str) -> Layer | None:
+        """The layer whose output reaches ``tensor`` through ops ORT does not quantize."""
+        if tensor in self._origin:
+            return self._origin[tensor]
+        res, t, hops = None, tensor, 0
+        while hops < 64:
+            p = self.prog.producer.get(t)
+            if p is None:
+                break
+            if p in self.qg.by_node:
+                res = self.qg.by_node[p]
+                break
+            ins = [x for x in self.prog.nodes[p].inputs if x and x not in self.prog.initializers]
+            if not ins:
+                break
+            t, hops = ins[0], hops + 1
+        self._origin[tensor] = res
+        return res
+
+    def weight_bits(self, config: Config, layer: Layer) -> int | None:
+        p = config.layers.get(layer.name)
+        if p is None and layer.module:  # "blocks.0.attn.qkv" also covers its bias Add
+            p = config.layers.get(layer.module)
+        if p is None:
+            return self.scheme.weights.bits
+        return {"int8": 8, "int4": 4}.get(p)
+
+    # ------------------------------------------------------------------ qparams
+    def act_qparams(self, tensor: str) -> QParams | None:
+        owner = self.qg.act_owner.get(tensor, tensor)
+        a = self.scheme.activations
+        key = (owner, a.bits, a.symmetric, a.calibration, a.percentile, self.overrides.get(owner))
+        if key not in self._act:
+            st = self.stats.get(owner)
+            if st is None:
+                self._act[key] = None
+            else:
+                lo, hi = self.overrides.get(owner) or calibration_range(st, a)
+                qr = QRange.for_bits(a.bits, a.symmetric)
+                s, z = compute_scale_zp(torch.tensor(lo, dtype=torch.float32), torch.tensor(hi, dtype=torch.float32), qr, a.symmetric)
+                self._act[key] = QParams(s, z, qr)
+        return self._act[key]
+
+    def weight_qparams(self, name: str, bits: int) -> QParams:
+        self._weight(("w", name, bits))
+        return self._wqp[(name, bits)]
+
+    def _float_weight(self, name: str) -> torch.Tensor:
+        return self.weight_overrides.get(name, self.prog.initializers[name]).float()
+
+    def _weight(self, key: Hashable) -> torch.Tensor:
+        if key in self._w:
+            return self._w[key]
+        kind = key[0]
+        if kind == "w":
+            _, name, bits = key
+            wq, qp = quantize_weight(self._float_weight(name), self.scheme.weights, self.qg.weight_axis.get(name), bits)
+            self._wqp[(name, bits)] = qp
+            v = wq
+        elif kind == "b":
+            _, name, layer_name, bits = key
+            layer = self.qg.by_name[layer_name]
+            b = self._float_weight(name)
+            aq = self.act_qparams(layer.act_inputs[0][1]) if layer.act_inputs else None
+            if aq is None or not layer.weights:
+                v = b
+            else:
+                wqp = self.weight_qparams(layer.weights[0][1], bits)
+                if wqp.group is not None:
+                    v = b  # group-wise weights have no single per-channel scale: keep the bias float
+                else:
+                    bs = (aq.scale * wqp.scale).float()
+                    v = torch.round(b / bs) * bs
+        elif kind == "fp16":
+            v = self._float_weight(key[1]).half().float()
+        else:  # pragma: no cover
+            raise KeyError(key)
+        self._w[key] = v
+        return v
+
+    # ------------------------------------------------------------------ plans
+    def plan(self, config: Config) -> SimPlan:
+        a = self.scheme.activations
+        plan = SimPlan(config)
+        prec = {l.name: self.weight_bits(config, l) for l in self.qg.layers}
+        is_int = {l.node: prec[l.name] is not None for l in self.qg.layers}
+        fp16 = {l.node: (config.layers.get(l.name) or config.layers.get(l.module)) == "fp16" for l in self.qg.layers}
+
+        def act_key(tensor: str) -> Hashable:
+            if a.dynamic:
+                return ("dyn", a.bits, a.symmetric)
+            qp = self.act_qparams(tensor)
+            return ("q", self.qg.act_owner.get(tensor, tensor)) if qp is not None else None
+
+        for i, pos in self.qg.edges:
+            t = self.prog.nodes[i].inputs[pos]
+            if i in self.qg.by_node:
+                key = act_key(t) if is_int[i] else (("fp16",) if fp16[i] else None)
+            else:
+                o = self.origin(t)
+                layers, to_out = self._reach.get(i, (set(), False))
+                wanted = any(is_int[l] for l in layers) or to_out
+                active = wanted and (is_int[o.node] if o is not None else any(is_int[l] for l in layers))
+                key = act_key(t) if active else None
+            if key is not None:
+                plan.edges[(i, pos)] = key
+        for t in self.qg.output_quant:
+            o = self.origin(t)
+            if o is not None and is_int[o.node]:
+                k = act_key(t)
+                if k is not None:
+                    plan.outputs[t] = k
+        for l in self.qg.layers:
+            bits = prec[l.name]
+            for _, w in l.weights:
+                if bits is not None:
+                    plan.weights[w] = ("w", w, bits)
+                elif fp16[l.node]:
+                    plan.weights[w] = ("fp16", w)
+            if l.bias is not None:
+                b = l.bias[1]
+                if bits is not None and not a.dynamic:
+                    plan.weights[b] = ("b", b, l.name, bits)
+                elif fp16[l.node]:
+                    plan.weights[b] = ("fp16", b)
+        return plan
+
+    def fp32_plan(self) -> SimPlan:
+        return SimPlan(Config(scheme=self.scheme, layers={l.name: "fp32" for l in self.qg.layers}))
+
+    def changed_nodes(self, a: SimPlan, b: SimPlan) -> set[int]:
+        """Nodes whose inputs or weights differ between two plans (not their descendants)."""
+        out: set[int] = set()
+        for k in set(a.edges) | set(b.edges):
+            if a.edges.get(k) != b.edges.get(k):
+                out.add(k[0])
+        for w in set(a.weights) | set(b.weights):
+            if a.weights.get(w) != b.weights.get(w):
+                out.update(self.prog.consumers.get(w, ()))
+        for w in self.weight_overrides:
+            out.update(self.prog.consumers.get(w, ()))
+        return out
+
+    # ------------------------------------------------------------------ running
+    def _apply(self, key: Hashable, v: torch.Tensor, tensor: str) -> torch.Tensor:
+        if key is None:
+            return v
+        if key[0] == "q":
+            qp = self.act_qparams(tensor)
+            return fake_quant(v, qp) if qp is not None else v
+        if key[0] == "dyn":
+            return dynamic_fake_quant(v, key[1], key[2])
+        if key[0] == "fp16":
+            return v.half().float()
+        raise KeyError(key)  # pragma: no cover
+
+    def weights_for(self, plan: SimPlan) -> dict[str, torch.Tensor]:
+        w = {name: self._float_weight(name) for name in self.weight_overrides}
+        w.update({name: self._weight(k) for name, k in plan.weights.items()})
+        return w
+
+    def run(
+        self,
+        feeds: Mapping[str, torch.Tensor],
+        plan: SimPlan,
+        *,
+        env: Mapping[str, torch.Tensor] | None = None,
+        nodes: set[int] | None = None,
+        keep: bool | set[str] = False,
+    ) -> dict[str, torch.Tensor]:
+        nodes_ = self.prog.nodes
+        edges = plan.edges
+
+        def edge(i: int, pos: int, v: torch.Tensor) -> torch.Tensor:
+            k = edges.get((i, pos))
+            return v if k is None else self._apply(k, v, nodes_[i].inputs[pos])
+
+        out = self.prog.run(feeds, env=env, nodes=nodes, edge=edge, weights=self.weights_for(plan), keep=keep)
+        for t, k in plan.outputs.items():
+            if t in out:
+                out[t] = self._apply(k, out[t], t)
+        return out
+
+    def output(self, env: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """The model output a metric sees (the first graph output)."""
+        return env[self.prog.outputs[0]].float()
