@@ -185,8 +185,8 @@ class Program:
                 for t in n.inputs:
                     if t and self._last_use.get(t) == i and t not in outs and t not in keep_set and t not in self.initializers:
                         scope.pop(t, None)
-        if keep is True:
-            return scope
+        if keep is True:  # computed tensors only: never hand initializers back as an env
+            return {k: v for k, v in scope.items() if k not in self.initializers and not (weights and k in weights)}
         result = {o: scope[o] for o in self.outputs if o in scope}
         for k in keep_set:
             if k in scope:

@@ -1,0 +1,284 @@
+"""``analyze``: the whole analysis of one workload under one config, as one result object.
+
+workload → graph (export, ORT plan) → calibration statistics → simulator →
+per-layer sensitivity → outliers and recommendations → verdict and per-class deltas.
+The CLI's ``analyze`` and the dashboard's home page both call ``analyze``; writing the
+files is ``report.write_analysis``.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import pandas as pd
+import torch
+
+from .baseline import Baseline, measure_baseline
+from .calibrate import TensorStats, collect_stats
+from .errors import ConfigError
+from .graph import QuantGraph, prepare
+from .outliers import OutlierRow, TensorSummary, find_outliers, outliers_frame, recommend
+from .scheme import Config
+from .sensitivity import SensitivityResult, analyze_layers
+from .simulate import Simulator
+from .workload import Workload
+
+Progress = Callable[[str], None]
+
+LAYER_COLUMNS = [
+    "layer", "op_type", "params", "weight_sqnr_db", "act_sqnr_db", "output_sqnr_db", "e2e_sqnr_db",
+    "e2e_kl", "metric_drop", "metric_drop_all_but", "recommendation", "recommendation_gain",
+    "metric_only", "metric_all_but", "e2e_cosine", "act_clipping", "weight_mse", "act_mse", "depth_sqnr_db",
+]  # fmt: skip
+
+
+def verdict(drop: float) -> str:
+    """DESIGN.md step 10: < 1 point ship INT8; 1–3 mixed precision or QAT; > 3 keep FP16."""
+    if drop < 1.0:
+        return "ship INT8"
+    if drop <= 3.0:
+        return "mixed precision or QAT"
+    return "keep FP16"
+
+
+def check_config(config: Config, qg: QuantGraph) -> None:
+    """Every layer a config names exists (a layer name or its leaf module); fixes are known."""
+    known = set(qg.by_name) | {l.module for l in qg.layers if l.module}
+    for name in config.layers:
+        if name not in known:
+            qg.layer(name)  # raises ConfigError with suggestions
+    if config.fixes:
+        from .fixes import FIXES
+
+        for f in config.fixes:
+            if f not in FIXES:
+                avail = ", ".join(FIXES) or "none in this version"
+                raise ConfigError(f"unknown fix {f!r}; available: {avail}")
+
+
+def per_class_frame(wl: Workload, fp: torch.Tensor, q: torch.Tensor) -> pd.DataFrame | None:
+    if wl.task != "classification":
+        return None
+    y = wl.targets().reshape(-1).long()
+    pf, pq = fp.argmax(1), q.argmax(1)
+    rows = []
+    for c in sorted(set(y.tolist())):
+        m = y == c
+        n = int(m.sum())
+        a_f = float((pf[m] == c).float().mean() * 100)
+        a_q = float((pq[m] == c).float().mean() * 100)
+        name = wl.class_names[c] if wl.class_names and c < len(wl.class_names) else str(c)
+        rows.append({"class": name, "n": n, "fp32_accuracy": a_f, "int8_accuracy": a_q, "delta": a_q - a_f})
+    return pd.DataFrame(rows)
+
+
+def flips_frame(wl: Workload, fp: torch.Tensor, q: torch.Tensor) -> pd.DataFrame | None:
+    if wl.task != "classification":
+        return None
+    y = wl.targets().reshape(-1).long()
+    pf, pq = fp.argmax(1), q.argmax(1)
+    idx = torch.nonzero(pf != pq).reshape(-1).tolist()
+    return pd.DataFrame(
+        [
+            {"index": i, "target": int(y[i]), "fp32_pred": int(pf[i]), "int8_pred": int(pq[i]),
+             "fp32_correct": bool(pf[i] == y[i]), "int8_correct": bool(pq[i] == y[i])}
+            for i in idx
+        ],  # fmt: skip
+        columns=["index", "target", "fp32_pred", "int8_pred", "fp32_correct", "int8_correct"],
+    )
+
+
+def library_versions() -> dict[str, str]:
+    import numpy
+    import onnx
+    import onnxruntime
+    import torchvision
+
+    from . import __version__
+
+    return {
+        "qanalysis": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "numpy": numpy.__version__,
+    }
+
+
+@dataclass
+class Analysis:
+    workload: Workload
+    config: Config
+    qgraph: QuantGraph
+    stats: dict[str, TensorStats]
+    sim: Simulator
+    sens: SensitivityResult
+    outliers: list[OutlierRow]
+    tensor_summaries: list[TensorSummary]
+    baseline: Baseline | None
+    per_class: pd.DataFrame | None
+    flips: pd.DataFrame | None
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def fp32_metric(self) -> float:
+        return self.sens.fp32_metric
+
+    @property
+    def int8_metric(self) -> float:
+        return self.sens.int8_metric
+
+    @property
+    def drop(self) -> float:
+        return self.sens.drop
+
+    @property
+    def verdict(self) -> str:
+        return verdict(self.drop)
+
+    def layers_frame(self) -> pd.DataFrame:
+        return self.sens.to_frame()[LAYER_COLUMNS]
+
+    def outliers_frame(self) -> pd.DataFrame:
+        return outliers_frame(self.outliers)
+
+    def tensors_frame(self) -> pd.DataFrame:
+        return pd.DataFrame([s.__dict__ for s in self.tensor_summaries])
+
+    def depth_frame(self) -> pd.DataFrame:
+        df = self.sens.to_frame()
+        return pd.DataFrame({"order": range(len(df)), "layer": df["layer"], "sqnr_db": df["depth_sqnr_db"]})
+
+    def summary(self) -> dict[str, Any]:
+        wl = self.workload
+        s: dict[str, Any] = {
+            "model": wl.name,
+            "description": wl.description,
+            "task": wl.task,
+            "metric_name": wl.metric_name,
+            "fp32_metric": self.fp32_metric,
+            "int8_metric": self.int8_metric,
+            "drop": self.drop,
+            "verdict": self.verdict,
+            "scheme": self.config.scheme.to_dict(),
+            "scheme_label": self.config.scheme.label(),
+            "config": self.config.to_dict(),
+            "n_layers": len(self.qgraph.layers),
+            "n_calibration_samples": wl.n_calib,
+            "n_evaluation_samples": wl.n_eval,
+            "proxy_rank_correlation": self.sens.proxy_correlation,
+            "sensitivity_node_runs": self.sens.nodes_run,
+            "sensitivity_node_runs_naive": self.sens.nodes_naive,
+            "n_outlier_channels": len(self.outliers),
+            "float_tensors": self.sim.plan(self.config).float_tensors(self.qgraph),
+            "timings_s": self.timings,
+            "versions": library_versions(),
+        }
+        if self.baseline is not None:
+            s["baseline"] = self.baseline.to_dict()
+        if self.per_class is not None and len(self.per_class):
+            worst = self.per_class.sort_values("delta").iloc[0]
+            s["per_class_worst"] = {"class": str(worst["class"]), "delta": float(worst["delta"])}
+            s["n_flipped"] = int(len(self.flips)) if self.flips is not None else 0
+        return s
+
+
+def analyze(
+    workload: Workload,
+    config: Config | None = None,
+    *,
+    progress: Progress | None = None,
+    baseline: bool = True,
+    previews: int = 6,
+) -> Analysis:
+    config = config or Config()
+    say = progress or (lambda m: None)
+    timings: dict[str, float] = {}
+    t = time.perf_counter()
+    say("exporting to ONNX and reading ONNX Runtime's quantization plan")
+    qg = prepare(workload, config.scheme)
+    check_config(config, qg)
+    timings["export_and_plan"] = time.perf_counter() - t
+    bl = None
+    if baseline:
+        t = time.perf_counter()
+        say("measuring the FP32 baseline (PyTorch and ONNX Runtime)")
+        bl = measure_baseline(workload, qg.float_path)
+        timings["baseline"] = time.perf_counter() - t
+    t = time.perf_counter()
+    say(f"calibrating {len(qg.quantized_tensors)} tensors on {workload.n_calib} samples ({config.scheme.activations.calibration})")
+    stats = collect_stats(qg.program, workload.calibration, qg.quantized_tensors)
+    timings["calibration"] = time.perf_counter() - t
+    sim = Simulator(qg, stats, config.scheme)
+    t = time.perf_counter()
+    say(f"simulating {len(qg.layers)} layers on {workload.n_eval} evaluation samples")
+    sens = analyze_layers(workload, sim, config, progress=say)
+    timings["sensitivity"] = time.perf_counter() - t
+    t = time.perf_counter()
+    outl, summaries = find_outliers(sim, stats)
+    recommend(workload, sim, config, sens, summaries, stats, max_previews=previews, progress=say)
+    timings["outliers_and_recommendations"] = time.perf_counter() - t
+    return Analysis(
+        workload=workload,
+        config=config,
+        qgraph=qg,
+        stats=stats,
+        sim=sim,
+        sens=sens,
+        outliers=outl,
+        tensor_summaries=summaries,
+        baseline=bl,
+        per_class=per_class_frame(workload, sens.fp32_outputs, sens.int8_outputs),
+        flips=flips_frame(workload, sens.fp32_outputs, sens.int8_outputs),
+        timings=timings,
+    )
+
+
+@dataclass(frozen=True)
+class ConfigResult:
+    """A config's simulated metric on the evaluation data (same calibration as the analysis)."""
+
+    config: Config
+    metric: float
+    drop: float
+    float_layers: list[str]
+    float_tensors: list[str]
+    weight_bytes: int  # int8/int4 weights packed, float layers at 2 or 4 bytes per parameter
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"metric": self.metric, "drop": self.drop, "float_layers": self.float_layers,
+                "float_tensors": self.float_tensors, "weight_bytes": self.weight_bytes,
+                "config": self.config.to_dict()}  # fmt: skip
+
+
+def simulate_config(a: Analysis, config: Config) -> ConfigResult:
+    """Metric of ``config`` (e.g. some layers kept in FP16) under the analysis' calibration."""
+    check_config(config, a.qgraph)
+    if config.scheme != a.config.scheme:
+        raise ConfigError("simulate_config needs the analysis' scheme; run analyze() again for another scheme")
+    sim = a.sim
+    plan = sim.plan(config)
+    outs = []
+    with torch.inference_mode():
+        for x, _ in a.workload.evaluation:
+            outs.append(sim.output(sim.run(dict(zip(a.qgraph.input_names, x)), plan)))
+    metric = a.workload.score(torch.cat(outs))
+    nbytes = 0
+    for l in a.qgraph.layers:
+        bits = sim.weight_bits(config, l)
+        p = config.layers.get(l.name) or config.layers.get(l.module)
+        per = bits / 8 if bits else (2 if p == "fp16" else 4)
+        nbytes += int(l.params * per)
+    return ConfigResult(
+        config=config,
+        metric=metric,
+        drop=a.fp32_metric - metric,
+        float_layers=[l.name for l in a.qgraph.layers if sim.weight_bits(config, l) is None],
+        float_tensors=plan.float_tensors(a.qgraph),
+        weight_bytes=nbytes,
+    )

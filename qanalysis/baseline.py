@@ -1,0 +1,137 @@
+"""FP32 baseline: metric, latency (mean ± std), throughput, size and peak memory,
+for the PyTorch model and for its FP32 ONNX Runtime engine."""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from .engine import run_session, session
+from .workload import Inputs, Workload, run_model
+
+
+@dataclass(frozen=True)
+class Latency:
+    """Wall time of one call, in ms per *sample*, over ``repeats`` timed calls."""
+
+    batch: int
+    mean_ms: float
+    std_ms: float
+    repeats: int
+
+    @property
+    def throughput(self) -> float:
+        """samples / s."""
+        return 1000.0 / self.mean_ms if self.mean_ms > 0 else float("nan")
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "throughput_per_s": self.throughput}
+
+
+def time_calls(fn: Callable[[], object], batch: int, *, repeats: int = 20, warmup: int = 3, budget_s: float = 5.0) -> Latency:
+    for _ in range(warmup):
+        fn()
+    times = []
+    start = time.perf_counter()
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t) * 1000.0 / batch)
+        if time.perf_counter() - start > budget_s and len(times) >= 5:
+            break
+    return Latency(batch, statistics.fmean(times), statistics.pstdev(times) if len(times) > 1 else 0.0, len(times))
+
+
+def _rss_kib(field: str) -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def peak_memory_bytes(fn: Callable[[], object]) -> int | None:
+    """Peak resident memory added by ``fn`` (Linux: resets VmHWM through /proc/self/clear_refs)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return None
+    before = _rss_kib("VmRSS:")
+    fn()
+    peak = _rss_kib("VmHWM:")
+    if before is None or peak is None:
+        return None
+    return max(0, peak - before) * 1024
+
+
+@dataclass
+class Baseline:
+    torch_metric: float
+    onnx_metric: float
+    onnx_max_abs_diff: float
+    param_bytes: int
+    onnx_bytes: int
+    torch_latency_b1: Latency
+    torch_latency_batch: Latency
+    ort_latency_b1: Latency
+    ort_latency_batch: Latency
+    torch_peak_memory_bytes: int | None
+    ort_peak_memory_bytes: int | None
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        for k in ("torch_latency_b1", "torch_latency_batch", "ort_latency_b1", "ort_latency_batch"):
+            d[k] = getattr(self, k).to_dict()
+        return d
+
+
+def first_sample(x: Inputs) -> Inputs:
+    return tuple(t[:1] for t in x)
+
+
+def measure_baseline(wl: Workload, onnx_path: Path, *, repeats: int = 20) -> Baseline:
+    model = wl.model
+    sess = session(onnx_path)
+    t_outs, o_outs = [], []
+    for x, _ in wl.evaluation:
+        t_outs.append(run_model(model, x))
+        o_outs.append(run_session(sess, x))
+    t_cat, o_cat = torch.cat(t_outs), torch.cat(o_outs)
+    x_b = wl.evaluation[0][0]
+    x_1 = first_sample(x_b)
+    nb = int(x_b[0].shape[0])
+    torch_threads = torch.get_num_threads()
+    with torch.inference_mode():
+        tb1 = time_calls(lambda: model(*x_1), 1, repeats=repeats)
+        tbn = time_calls(lambda: model(*x_b), nb, repeats=max(5, repeats // 4))
+        tmem = peak_memory_bytes(lambda: model(*x_b))
+    ob1 = time_calls(lambda: run_session(sess, x_1), 1, repeats=repeats)
+    obn = time_calls(lambda: run_session(sess, x_b), nb, repeats=max(5, repeats // 4))
+    omem = peak_memory_bytes(lambda: run_session(sess, x_b))
+    torch.set_num_threads(torch_threads)
+    params = sum(p.numel() * p.element_size() for p in model.parameters()) + sum(
+        b.numel() * b.element_size() for b in model.buffers()
+    )
+    return Baseline(
+        torch_metric=wl.score(t_cat),
+        onnx_metric=wl.score(o_cat),
+        onnx_max_abs_diff=float((t_cat - o_cat).abs().max()),
+        param_bytes=int(params),
+        onnx_bytes=os.path.getsize(onnx_path),
+        torch_latency_b1=tb1,
+        torch_latency_batch=tbn,
+        ort_latency_b1=ob1,
+        ort_latency_batch=obn,
+        torch_peak_memory_bytes=tmem,
+        ort_peak_memory_bytes=omem,
+    )

@@ -1,0 +1,114 @@
+"""Command line: argument parsing and error printing only (the work is in the core).
+
+    qanalysis samples
+    qanalysis analyze MODEL --out DIR [--config CONFIG.json] [--data DIR]
+
+MODEL is ``sample:NAME``, ``torchvision:ARCH[@WEIGHTS.pt]`` (with ``--data``) or a spec
+file path. Errors print one ``error: ...`` line on stderr and exit 2; progress goes to
+stderr; results go to files in ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+from .errors import QAnalysisError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2, like every other error
+        raise QAnalysisError(f"{message} (see '{self.prog} --help')")
+
+
+def _progress(quiet: bool):
+    t0 = time.perf_counter()
+
+    def say(msg: str) -> None:
+        if not quiet:
+            print(f"[{time.perf_counter() - t0:6.1f}s] {msg}", file=sys.stderr, flush=True)
+
+    return say
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="qanalysis", description="Will INT8 hurt my model? Per-layer quantization analysis for ONNX Runtime.")
+    sub = p.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
+    sub.add_parser("samples", help="list the bundled sample workloads")
+
+    def model_cmd(name: str, help: str) -> argparse.ArgumentParser:
+        c = sub.add_parser(name, help=help)
+        c.add_argument("model", metavar="MODEL", help="sample:NAME | torchvision:ARCH[@WEIGHTS.pt] | path/to/spec.py")
+        c.add_argument("--out", required=True, type=Path, help="output folder")
+        c.add_argument("--config", type=Path, help="config JSON (scheme, per-layer precision, fixes)")
+        c.add_argument("--data", type=Path, help="image folder (one sub-folder per class) for torchvision models")
+        c.add_argument("--quiet", action="store_true", help="no progress on stderr")
+        return c
+
+    model_cmd("analyze", "per-layer sensitivity, outliers, recommendations and a verdict")
+    return p
+
+
+def _summary_line(s: dict) -> str:
+    return (
+        f"{s['model']}: FP32 {s['fp32_metric']:.2f} → INT8 {s['int8_metric']:.2f} "
+        f"({s['metric_name']}), drop {s['drop']:.2f} points → {s['verdict']}"
+    )
+
+
+def _analyze(args: argparse.Namespace) -> int:
+    from .analysis import analyze
+    from .report import prepare_out, write_analysis
+    from .scheme import Config
+    from .workload import load_workload
+
+    config = Config.load(args.config)
+    existed = args.out.exists()
+    out = prepare_out(args.out)
+    say = _progress(args.quiet)
+    try:
+        say(f"loading {args.model}")
+        wl = load_workload(args.model, args.data)
+        a = analyze(wl, config, progress=say)
+        say(f"writing {out}")
+        write_analysis(a, out)
+    except BaseException:
+        if not existed:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+    s = a.summary()
+    print(_summary_line(s))
+    top = a.layers_frame().sort_values("metric_drop", ascending=False).head(5)
+    print("most sensitive layers (metric drop with only that layer quantized):")
+    for _, r in top.iterrows():
+        print(f"  {r['layer']:<40} {r['metric_drop']:+.3f}  {r['recommendation']}")
+    print(f"wrote {', '.join(sorted(p.name for p in out.iterdir() if not p.name.startswith('.')))} to {out}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = _parser().parse_args(argv)
+        if args.cmd == "samples":
+            from .workload import list_samples
+
+            for n in list_samples():
+                print(n)
+            return 0
+        if args.cmd == "analyze":
+            return _analyze(args)
+        raise QAnalysisError(f"unknown command {args.cmd}")  # pragma: no cover
+    except QAnalysisError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

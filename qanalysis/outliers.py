@@ -1,0 +1,275 @@
+"""Distribution statistics, outlier channels, and a measured recommendation per layer.
+
+A channel is an *outlier* when its absmax is at least ``OUTLIER_RATIO`` times the median
+channel absmax of the same tensor: with per-tensor quantization such a channel sets the
+scale for all the others, which then keep only a few integer levels.
+
+Recommendations are chosen from what was *measured* on the layer (``preview`` reruns the
+only-this-layer simulation with the candidate change) rather than from rules of thumb.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import pandas as pd
+import torch
+
+from .calibrate import TensorStats, calibration_range
+from .graph import Layer
+from .scheme import ActivationSpec, Config, WeightSpec
+from .sensitivity import LayerRow, SensitivityResult
+from .simulate import Simulator, SimPlan
+from .workload import Workload
+
+OUTLIER_RATIO = 8.0
+FINE_DROP = 0.1  # metric points below which a layer's own drop is noise
+
+
+@dataclass
+class OutlierRow:
+    layer: str
+    tensor: str  # "weight" | "activation"
+    channel: int
+    absmax: float
+    ratio: float
+    kurtosis: float
+
+
+@dataclass
+class TensorSummary:
+    layer: str
+    tensor: str
+    name: str
+    channels: int
+    absmax: float
+    median_channel_absmax: float
+    max_ratio: float
+    kurtosis: float
+    n_outliers: int
+
+
+def _kurtosis(x: torch.Tensor) -> float:
+    x = x.detach().double().reshape(-1)
+    if x.numel() < 4:
+        return 0.0
+    m = x.mean()
+    v = ((x - m) ** 2).mean()
+    if v <= 1e-30:
+        return 0.0
+    return float(((x - m) ** 4).mean() / v**2 - 3.0)
+
+
+def weight_channel_absmax(w: torch.Tensor, axis: int | None) -> torch.Tensor:
+    axis = 0 if axis is None else axis % max(w.dim(), 1)
+    if w.dim() < 2:
+        return w.abs()
+    return w.abs().movedim(axis, 0).reshape(w.shape[axis], -1).amax(1)
+
+
+def _flag(layer: str, tensor: str, absmax: torch.Tensor, kurt: float) -> tuple[list[OutlierRow], float, float]:
+    if absmax.numel() < 2:
+        return [], float("nan"), float("nan")
+    med = float(absmax.median())
+    if med <= 0:
+        med = float(absmax[absmax > 0].median()) if (absmax > 0).any() else 0.0
+    if med <= 0:
+        return [], 0.0, float("nan")
+    ratio = absmax / med
+    rows = [
+        OutlierRow(layer, tensor, int(c), float(absmax[c]), float(ratio[c]), kurt)
+        for c in torch.nonzero(ratio >= OUTLIER_RATIO).reshape(-1).tolist()
+    ]
+    return rows, med, float(ratio.max())
+
+
+def find_outliers(sim: Simulator, stats: dict[str, TensorStats]) -> tuple[list[OutlierRow], list[TensorSummary]]:
+    """Flagged channels of every layer's weight and input activation, plus per-tensor summaries."""
+    rows: list[OutlierRow] = []
+    summaries: list[TensorSummary] = []
+    qg = sim.qg
+    for l in qg.layers:
+        if l.weights:
+            wname = l.weights[0][1]
+            w = sim._float_weight(wname)
+            if w.dim() >= 2:
+                am = weight_channel_absmax(w, qg.weight_axis.get(wname))
+                k = _kurtosis(w)
+                r, med, mx = _flag(l.name, "weight", am, k)
+                rows += r
+                summaries.append(TensorSummary(l.name, "weight", wname, am.numel(), float(am.max()), med, mx, k, len(r)))
+        for _, t in l.act_inputs[:1]:
+            st = stats.get(qg.act_owner.get(t, t)) or stats.get(t)
+            if st is None or st.channel_absmax.numel() < 2:
+                continue
+            r, med, mx = _flag(l.name, "activation", st.channel_absmax, st.kurtosis)
+            rows += r
+            summaries.append(
+                TensorSummary(l.name, "activation", t, st.channel_absmax.numel(), st.absmax, med, mx, st.kurtosis, len(r))
+            )
+    return rows, summaries
+
+
+def outliers_frame(rows: list[OutlierRow]) -> pd.DataFrame:
+    cols = ["layer", "tensor", "channel", "absmax", "ratio", "kurtosis"]
+    return pd.DataFrame([r.__dict__ for r in rows], columns=cols)
+
+
+# --------------------------------------------------------------------------- previews
+
+
+def _only_metric(wl: Workload, sim: Simulator, plan: SimPlan) -> float:
+    outs = []
+    with torch.inference_mode():
+        for x, _ in wl.evaluation:
+            outs.append(sim.output(sim.run(dict(zip(sim.qg.input_names, x)), plan)))
+    return wl.score(torch.cat(outs))
+
+
+def _only_plan(sim: Simulator, config: Config, layer: Layer) -> SimPlan:
+    names = [l.name for l in sim.qg.layers]
+    return sim.plan(config.with_layers({n: ("int8" if n == layer.name else "fp32") for n in names}))
+
+
+def preview(
+    wl: Workload, sim: Simulator, config: Config, layer: Layer, fix: str, stats: dict[str, TensorStats]
+) -> float:
+    """Metric with only ``layer`` quantized *and* ``fix`` applied to it (simulated)."""
+    if fix == "per_channel":
+        other = Simulator(sim.qg, stats, _with_weights(sim.scheme, WeightSpec(bits=sim.scheme.weights.bits,
+                          symmetric=sim.scheme.weights.symmetric, granularity="per_channel")))  # fmt: skip
+        return _only_metric(wl, other, _only_plan(other, config, layer))
+    if fix == "percentile":
+        other = Simulator(sim.qg, stats, sim.scheme)
+        spec = ActivationSpec(**{**sim.scheme.activations.__dict__, "calibration": "percentile"})
+        for _, t in layer.act_inputs:
+            owner = sim.qg.act_owner.get(t, t)
+            if owner in stats and stats[owner].hist is not None:
+                other.overrides[owner] = calibration_range(stats[owner], spec)
+        return _only_metric(wl, other, _only_plan(other, config, layer))
+    raise ValueError(f"no preview for {fix!r}")
+
+
+def _with_weights(scheme, w: WeightSpec):
+    from .scheme import Scheme
+
+    return Scheme(weights=w, activations=scheme.activations)
+
+
+def recommend(
+    wl: Workload,
+    sim: Simulator,
+    config: Config,
+    sens: SensitivityResult,
+    summaries: list[TensorSummary],
+    stats: dict[str, TensorStats],
+    *,
+    max_previews: int = 6,
+    progress: Callable[[str], None] | None = None,
+) -> None:
+    """Fill ``recommendation`` and ``recommendation_gain`` (metric points, measured) per row."""
+    by_layer: dict[tuple[str, str], TensorSummary] = {(s.layer, s.tensor): s for s in summaries}
+    # One flipped sample is noise, not a finding: the threshold is at least 1.5 samples' worth.
+    fine = max(FINE_DROP, 150.0 / wl.n_eval) if wl.task == "classification" else FINE_DROP
+    ranked = sorted(sens.rows, key=lambda r: -max(r.metric_drop, r.metric_drop_all_but))
+    previewed = {r.layer for r in ranked[:max_previews] if max(r.metric_drop, r.metric_drop_all_but) > fine}
+    for r in sens.rows:
+        layer = sim.qg.by_name[r.layer]
+        act = by_layer.get((r.layer, "activation"))
+        wsum = by_layer.get((r.layer, "weight"))
+        notes = []
+        if act and act.n_outliers:
+            kind = "SmoothQuant" if layer.op_type in ("MatMul", "Gemm") else "cross-layer equalization"
+            notes.append(f"input has {act.n_outliers} outlier channel(s) up to {act.max_ratio:.0f}× the median: {kind} would spread them")
+        if wsum and wsum.n_outliers and sim.scheme.weights.granularity == "per_tensor":
+            notes.append(f"weight has {wsum.n_outliers} outlier channel(s): per-channel weights")
+        worst = max(r.metric_drop, r.metric_drop_all_but)
+        if r.layer not in previewed:
+            if worst <= fine:
+                r.recommendation = "int8 is fine" + (f" ({notes[0]})" if notes else "")
+            else:
+                r.recommendation = "; ".join(notes) if notes else f"small effect ({worst:.2f} points)"
+            continue
+        if progress:
+            progress(f"previewing fixes for {r.layer}")
+        gains: dict[str, float] = {"keep in FP16": r.metric_drop_all_but}
+        if sim.scheme.weights.granularity == "per_tensor" and layer.weights:
+            gains["per-channel weights"] = preview(wl, sim, config, layer, "per_channel", stats) - r.metric_only
+        if layer.act_inputs and not sim.scheme.activations.dynamic:
+            gains["percentile clipping of its input"] = preview(wl, sim, config, layer, "percentile", stats) - r.metric_only
+        best = max(gains, key=lambda k: gains[k])
+        if gains[best] <= 0:
+            best = "keep in FP16"
+        r.recommendation_gain = gains[best]
+        text = f"{best} (+{gains[best]:.2f} points measured)"
+        if notes:
+            text += "; " + "; ".join(notes)
+        r.recommendation = text
+
+
+# --------------------------------------------------------------------------- distributions
+
+
+@dataclass
+class Distribution:
+    """A tensor's histogram with its quantization grid: what the Distributions page draws."""
+
+    layer: str
+    tensor: str  # "weight" | "activation"
+    name: str
+    centers: list[float]
+    counts: list[float]
+    rmin: float | None  # clipping bounds of the quantizer (per-tensor; None when per-channel)
+    rmax: float | None
+    grid: list[float]  # representable values inside the range (per-tensor only)
+    channel_absmax: list[float]
+    flagged: list[int]
+    note: str = ""
+
+
+def distribution(sim: Simulator, stats: dict[str, TensorStats], layer_name: str, tensor: str, bins: int = 128) -> Distribution:
+    from .errors import ConfigError
+
+    layer = sim.qg.layer(layer_name)
+    if tensor == "weight":
+        if not layer.weights:
+            raise ConfigError(f"layer {layer_name!r} has no weights")
+        wname = layer.weights[0][1]
+        w = sim._float_weight(wname)
+        lo, hi = float(w.min()), float(w.max())
+        h = torch.histc(w.reshape(-1), bins=bins, min=lo, max=hi if hi > lo else lo + 1e-12)
+        edges = torch.linspace(lo, hi, bins + 1)
+        am = weight_channel_absmax(w, sim.qg.weight_axis.get(wname))
+        qp = sim.weight_qparams(wname, sim.scheme.weights.bits)
+        rmin = rmax = None
+        grid: list[float] = []
+        note = f"{sim.scheme.weights.bits}-bit weights, {sim.scheme.weights.granularity}"
+        if qp.scale.numel() == 1:
+            s, z = float(qp.scale), int(qp.zero_point)
+            rmin, rmax = (qp.qrange.qmin - z) * s, (qp.qrange.qmax - z) * s
+            grid = [(q - z) * s for q in range(qp.qrange.qmin, qp.qrange.qmax + 1)]
+        name = wname
+    else:
+        if not layer.act_inputs:
+            raise ConfigError(f"layer {layer_name!r} has no quantized input activation")
+        t = layer.act_inputs[0][1]
+        st = stats.get(sim.qg.act_owner.get(t, t))
+        if st is None or st.hist is None:
+            raise ConfigError(f"no calibration statistics for {t!r}")
+        step = max(1, len(st.hist) // bins)
+        counts = st.hist.reshape(-1, step).sum(1) if len(st.hist) % step == 0 else st.hist
+        edges = torch.linspace(st.min, st.max, len(counts) + 1)
+        h = counts
+        am = st.channel_absmax
+        qp = sim.act_qparams(t)
+        s, z = float(qp.scale), int(qp.zero_point)
+        rmin, rmax = (qp.qrange.qmin - z) * s, (qp.qrange.qmax - z) * s
+        grid = [(q - z) * s for q in range(qp.qrange.qmin, qp.qrange.qmax + 1)]
+        note = f"{sim.scheme.activations.bits}-bit, {sim.scheme.activations.calibration} calibration, scale {s:.4g}, zero point {z}"
+        name = t
+    _, med, _ = _flag(layer_name, tensor, am, 0.0) if am.numel() > 1 else ([], 0.0, 0.0)
+    flagged = [int(i) for i in torch.nonzero(am / med >= OUTLIER_RATIO).reshape(-1).tolist()] if med else []
+    centers = ((edges[:-1] + edges[1:]) / 2).tolist()
+    return Distribution(layer_name, tensor, name, centers, [float(c) for c in h.tolist()], rmin, rmax, grid,
+                        [float(v) for v in am.tolist()], flagged, note)  # fmt: skip

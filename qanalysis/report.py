@@ -1,0 +1,135 @@
+"""Writing results: CSV, JSON and a self-contained HTML report. Nothing is computed here.
+
+Every file is written to a temporary name in the target folder, then renamed, so a
+failed run never leaves a half-written file.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import pandas as pd
+
+from . import figures
+from .errors import OutputError
+
+
+def _clean(o: Any) -> Any:
+    if isinstance(o, float) and not math.isfinite(o):
+        return None
+    if isinstance(o, dict):
+        return {str(k): _clean(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_clean(v) for v in o]
+    return o
+
+
+def prepare_out(path: str | Path) -> Path:
+    """Create the output folder (if needed) and check it is writable, before any work."""
+    p = Path(path)
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=p, prefix=".probe-"):
+            pass
+    except OSError as e:
+        raise OutputError(f"cannot write to output folder {p}: {e.strerror or e}") from None
+    return p
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise OutputError(f"cannot write {path}: {e.strerror or e}") from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_csv(df: pd.DataFrame, path: Path) -> Path:
+    return atomic_write(path, lambda t: df.to_csv(t, index=False))
+
+
+def write_json(obj: Any, path: Path) -> Path:
+    return atomic_write(path, lambda t: t.write_text(json.dumps(_clean(obj), indent=2, default=str)))
+
+
+def write_text(text: str, path: Path) -> Path:
+    return atomic_write(path, lambda t: t.write_text(text))
+
+
+def _table(df: pd.DataFrame, max_rows: int = 200) -> str:
+    return df.head(max_rows).to_html(index=False, float_format=lambda v: f"{v:.4g}", border=0, classes="t")
+
+
+def html_report(title: str, cards: dict[str, str], figs: list, tables: dict[str, pd.DataFrame], notes: list[str] = ()) -> str:
+    """One self-contained page: plotly.js inlined once, every figure and table after it."""
+    parts = [f"<h1>{html.escape(title)}</h1>", '<div class="cards">']
+    for k, v in cards.items():
+        parts.append(f'<div class="card"><div class="k">{html.escape(k)}</div><div class="v">{html.escape(v)}</div></div>')
+    parts.append("</div>")
+    for n in notes:
+        parts.append(f"<p>{html.escape(n)}</p>")
+    for i, f in enumerate(figs):
+        parts.append(f.to_html(full_html=False, include_plotlyjs=(i == 0)))
+    for name, df in tables.items():
+        parts.append(f"<h2>{html.escape(name)}</h2>{_table(df)}")
+    style = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1300px}
+.cards{display:flex;gap:1em;flex-wrap:wrap}.card{border:1px solid #ddd;border-radius:8px;padding:.6em 1em}
+.k{color:#666;font-size:.85em}.v{font-size:1.3em;font-weight:600}
+table.t{border-collapse:collapse;font-size:.85em}table.t td,table.t th{padding:2px 8px;border-bottom:1px solid #eee}"""
+    return f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{style}</style></head><body>{''.join(parts)}</body></html>"
+
+
+def analysis_cards(summary: dict) -> dict[str, str]:
+    c = {
+        "FP32 metric": f"{summary['fp32_metric']:.2f}",
+        "INT8 metric (simulated)": f"{summary['int8_metric']:.2f}",
+        "drop (points)": f"{summary['drop']:.2f}",
+        "verdict": summary["verdict"],
+        "scheme": summary["scheme_label"],
+    }
+    b = summary.get("baseline")
+    if b:
+        c["FP32 ORT latency"] = f"{b['ort_latency_b1']['mean_ms']:.3f} ± {b['ort_latency_b1']['std_ms']:.3f} ms"
+        c["FP32 size"] = f"{b['onnx_bytes'] / 1e6:.2f} MB"
+    return c
+
+
+def write_analysis(a, out: Path) -> list[Path]:
+    """layers.csv, outliers.csv, summary.json, report.html (+ per_class.csv, flips.csv)."""
+    layers = a.layers_frame()
+    summary = a.summary()
+    written = [
+        write_csv(layers, out / "layers.csv"),
+        write_csv(a.outliers_frame(), out / "outliers.csv"),
+    ]
+    figs = [figures.sensitivity_bars(layers), figures.sqnr_lines(layers), figures.depth_growth(a.depth_frame()),
+            figures.proxy_scatter(layers)]  # fmt: skip
+    tables = {"Layers": layers, "Outlier channels": a.outliers_frame(), "Tensors": a.tensors_frame()}
+    if a.per_class is not None:
+        written.append(write_csv(a.per_class, out / "per_class.csv"))
+        written.append(write_csv(a.flips, out / "flips.csv"))
+        figs.append(figures.per_class_bars(a.per_class))
+        tables["Per class"] = a.per_class
+    corr = summary["proxy_rank_correlation"]
+    fmt = lambda d: ", ".join(f"{k} {v:.2f}" if math.isfinite(v) else f"{k} n/a (no variance)" for k, v in d.items())  # noqa: E731
+    notes = [
+        "How well each cheap proxy predicted the end-to-end ranking (Spearman, +1 = perfect). "
+        f"Against the metric drop: {fmt(corr['vs_metric_drop'])}. Against the model-output SQNR: {fmt(corr['vs_e2e_sqnr'])}.",
+        f"Verdict: {summary['verdict']} (drop {summary['drop']:.2f} points; < 1 ship INT8, 1–3 mixed precision or QAT, > 3 keep FP16).",
+    ]
+    page = html_report(f"qanalysis — {summary['model']}", analysis_cards(summary), figs, tables, notes)
+    written.append(write_text(page, out / "report.html"))
+    written.append(write_json(summary, out / "summary.json"))
+    return written

@@ -1,0 +1,260 @@
+"""Per-layer and end-to-end quantization sensitivity.
+
+For every layer L (module qualified name) and every evaluation batch:
+
+* *only L* — the FP32 model with just L quantized (its weights, its input activations);
+* *all but L* — the fully quantized model with L kept in float;
+
+and from them the metric drop, end-to-end SQNR/KL of the model output, L's own output
+SQNR, and the tensor-level proxies (weight SQNR, input activation SQNR, clipping).
+
+Speed: a layer's change only affects the nodes downstream of it, so each run starts
+from the cached FP32 (or fully quantized) tensors of the same batch and re-executes
+only those nodes. ``SensitivityResult.nodes_run`` / ``nodes_naive`` count the node
+executions against re-running the whole graph per layer.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import pandas as pd
+import torch
+
+from . import metrics as M
+from .scheme import Config
+from .simulate import SimPlan, Simulator, fake_quant
+from .workload import Workload
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class _Acc:
+    """Σ signal², Σ noise² accumulated over batches, for an exact SQNR of the whole set."""
+
+    sig: float = 0.0
+    noise: float = 0.0
+    clipped: float = 0.0
+    n: int = 0
+
+    def add(self, ref: torch.Tensor, x: torch.Tensor) -> None:
+        ref, x = ref.detach().double(), x.detach().double()
+        self.sig += float((ref**2).sum())
+        self.noise += float(((ref - x) ** 2).sum())
+        self.n += ref.numel()
+
+    def sqnr(self) -> float:
+        if self.n == 0:
+            return float("nan")
+        if self.noise <= 0:
+            return M.SQNR_CAP_DB
+        if self.sig <= 0:
+            return -M.SQNR_CAP_DB
+        return min(M.SQNR_CAP_DB, 10 * math.log10(self.sig / self.noise))
+
+    def mse(self) -> float:
+        return self.noise / self.n if self.n else float("nan")
+
+
+@dataclass
+class LayerRow:
+    layer: str
+    op_type: str
+    params: int
+    weight_sqnr_db: float
+    act_sqnr_db: float
+    output_sqnr_db: float
+    e2e_sqnr_db: float
+    e2e_kl: float
+    e2e_cosine: float
+    metric_only: float
+    metric_drop: float
+    metric_all_but: float
+    metric_drop_all_but: float
+    act_clipping: float
+    weight_mse: float
+    act_mse: float
+    depth_sqnr_db: float  # this layer's output in the fully quantized model vs FP32
+    recommendation: str = ""
+    recommendation_gain: float = float("nan")
+
+
+@dataclass
+class SensitivityResult:
+    rows: list[LayerRow]
+    fp32_metric: float
+    int8_metric: float
+    fp32_outputs: torch.Tensor
+    int8_outputs: torch.Tensor
+    only_outputs: dict[str, torch.Tensor]
+    nodes_run: int
+    nodes_naive: int
+    seconds: float
+    proxy_correlation: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    @property
+    def drop(self) -> float:
+        return self.fp32_metric - self.int8_metric
+
+    def to_frame(self) -> pd.DataFrame:
+        return pd.DataFrame([r.__dict__ for r in self.rows])
+
+
+def _plans(sim: Simulator, config: Config) -> tuple[SimPlan, SimPlan, dict[str, SimPlan], dict[str, SimPlan]]:
+    qg = sim.qg
+    full = sim.plan(config)
+    fp = sim.fp32_plan()
+    names = [l.name for l in qg.layers]
+    only, all_but = {}, {}
+    for l in qg.layers:
+        prec = config.layers.get(l.name) or config.layers.get(l.module) or "int8"
+        if prec in ("fp16", "fp32"):
+            prec = "int8"  # "what would quantizing it cost" is still the question for a float layer
+        only[l.name] = sim.plan(config.with_layers({n: (prec if n == l.name else "fp32") for n in names}))
+        all_but[l.name] = sim.plan(config.with_layers({**config.layers, l.name: "fp32"}))
+    return full, fp, only, all_but
+
+
+def analyze_layers(
+    wl: Workload,
+    sim: Simulator,
+    config: Config,
+    *,
+    progress: Progress | None = None,
+    incremental: bool = True,
+) -> SensitivityResult:
+    """Only-this-layer and all-but-this-layer runs for every layer, with prefix reuse."""
+    t0 = time.perf_counter()
+    qg, prog = sim.qg, sim.prog
+    full, fp, only, all_but = _plans(sim, config)
+    n_nodes = len(prog.nodes)
+    all_nodes = set(range(n_nodes))
+    dirty_only = {k: prog.descendants(sim.changed_nodes(fp, p)) for k, p in only.items()}
+    dirty_all = {k: prog.descendants(sim.changed_nodes(full, p)) for k, p in all_but.items()}
+    if not incremental:
+        dirty_only = {k: all_nodes for k in dirty_only}
+        dirty_all = {k: all_nodes for k in dirty_all}
+    out_name = prog.outputs[0]
+    layers = qg.layers
+    acc_w = {l.name: _Acc() for l in layers}
+    acc_a = {l.name: _Acc() for l in layers}
+    acc_o = {l.name: _Acc() for l in layers}
+    acc_d = {l.name: _Acc() for l in layers}
+    clip = {l.name: [0, 0] for l in layers}
+    outs_fp, outs_q = [], []
+    outs_only: dict[str, list[torch.Tensor]] = {l.name: [] for l in layers}
+    outs_allbut: dict[str, list[torch.Tensor]] = {l.name: [] for l in layers}
+    nodes_run = 0
+    # Weight proxies need no data.
+    for l in layers:
+        bits = sim.weight_bits(config, l) or sim.scheme.weights.bits
+        for _, w in l.weights:
+            wf = prog.initializers[w].float()
+            acc_w[l.name].add(wf, sim._weight(("w", w, bits)))
+    n_batches = len(wl.evaluation)
+    with torch.inference_mode():
+        for bi, (x, _) in enumerate(wl.evaluation):
+            feeds = dict(zip(qg.input_names, x))
+            fp_env = sim.run(feeds, fp, keep=True)
+            q_env = sim.run(feeds, full, keep=True)
+            nodes_run += 2 * n_nodes
+            outs_fp.append(fp_env[out_name].float())
+            outs_q.append(q_env[out_name].float())
+            for l in layers:
+                name = l.name
+                # tensor proxies on this batch
+                for _, t in l.act_inputs:
+                    qp = sim.act_qparams(t)
+                    if qp is None or t not in fp_env or not fp_env[t].is_floating_point():
+                        continue
+                    v = fp_env[t]
+                    acc_a[name].add(v, fake_quant(v, qp))
+                    lo = float((qp.qrange.qmin - qp.zero_point) * qp.scale)
+                    hi = float((qp.qrange.qmax - qp.zero_point) * qp.scale)
+                    clip[name][0] += int(((v < lo - 1e-12) | (v > hi + 1e-12)).sum())
+                    clip[name][1] += v.numel()
+                if l.output in q_env and l.output in fp_env:
+                    acc_d[name].add(fp_env[l.output], q_env[l.output])
+                env = sim.run(feeds, only[name], env=fp_env, nodes=dirty_only[name], keep=True)
+                nodes_run += len(dirty_only[name])
+                outs_only[name].append(env[out_name].float())
+                if l.output in env:
+                    acc_o[name].add(fp_env[l.output], env[l.output])
+                env = sim.run(feeds, all_but[name], env=q_env, nodes=dirty_all[name], keep=True)
+                nodes_run += len(dirty_all[name])
+                outs_allbut[name].append(env[out_name].float())
+            if progress:
+                progress(f"per-layer sensitivity: batch {bi + 1}/{n_batches} ({len(layers)} layers)")
+    fp_out, q_out = torch.cat(outs_fp), torch.cat(outs_q)
+    fp_metric, q_metric = wl.score(fp_out), wl.score(q_out)
+    q_drop = fp_metric - q_metric
+    rows = []
+    only_cat = {}
+    for l in layers:
+        o = torch.cat(outs_only[l.name])
+        a = torch.cat(outs_allbut[l.name])
+        only_cat[l.name] = o
+        m_only, m_all = wl.score(o), wl.score(a)
+        c = clip[l.name]
+        rows.append(
+            LayerRow(
+                layer=l.name,
+                op_type=l.op_type,
+                params=l.params,
+                weight_sqnr_db=acc_w[l.name].sqnr(),
+                act_sqnr_db=acc_a[l.name].sqnr(),
+                output_sqnr_db=acc_o[l.name].sqnr(),
+                e2e_sqnr_db=M.sqnr_db(fp_out, o),
+                e2e_kl=M.kl_divergence(fp_out, o) if wl.task == "classification" else float("nan"),
+                e2e_cosine=M.cosine(fp_out, o),
+                metric_only=m_only,
+                metric_drop=fp_metric - m_only,
+                metric_all_but=m_all,
+                metric_drop_all_but=q_drop - (fp_metric - m_all),
+                act_clipping=c[0] / c[1] if c[1] else float("nan"),
+                weight_mse=acc_w[l.name].mse(),
+                act_mse=acc_a[l.name].mse(),
+                depth_sqnr_db=acc_d[l.name].sqnr(),
+            )
+        )
+    res = SensitivityResult(
+        rows=rows,
+        fp32_metric=fp_metric,
+        int8_metric=q_metric,
+        fp32_outputs=fp_out,
+        int8_outputs=q_out,
+        only_outputs=only_cat,
+        nodes_run=nodes_run,
+        nodes_naive=n_batches * n_nodes * (2 + 2 * len(layers)),
+        seconds=time.perf_counter() - t0,
+    )
+    res.proxy_correlation = proxy_correlation(rows)
+    return res
+
+
+PROXIES = {
+    "weight_sqnr_db": -1.0,
+    "act_sqnr_db": -1.0,
+    "output_sqnr_db": -1.0,
+    "e2e_sqnr_db": -1.0,
+    "e2e_kl": 1.0,
+}
+
+
+def proxy_correlation(rows: list[LayerRow]) -> dict[str, dict[str, float]]:
+    """Spearman rank correlation of each cheap proxy with the truth, signed so that +1 means
+    the proxy ranks layers exactly as the truth does. Two truths: the task metric drop
+    (coarse: often tied at 0 on robust models) and the end-to-end output SQNR."""
+    drop = [r.metric_drop for r in rows]
+    e2e = [-r.e2e_sqnr_db for r in rows]
+    out: dict[str, dict[str, float]] = {"vs_metric_drop": {}, "vs_e2e_sqnr": {}}
+    for name, sign in PROXIES.items():
+        vals = [sign * getattr(r, name) for r in rows]
+        out["vs_metric_drop"][name] = M.spearman(vals, drop)
+        if name not in ("e2e_sqnr_db", "e2e_kl"):
+            out["vs_e2e_sqnr"][name] = M.spearman(vals, e2e)
+    return out
