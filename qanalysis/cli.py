@@ -2,6 +2,7 @@
 
     qanalysis samples
     qanalysis analyze MODEL --out DIR [--config CONFIG.json] [--data DIR]
+    qanalysis export  MODEL --out DIR [--config CONFIG.json] [--mode int8|dynamic|fp16]
 
 MODEL is ``sample:NAME``, ``torchvision:ARCH[@WEIGHTS.pt]`` (with ``--data``) or a spec
 file path. Errors print one ``error: ...`` line on stderr and exit 2; progress goes to
@@ -50,6 +51,9 @@ def _parser() -> argparse.ArgumentParser:
         return c
 
     model_cmd("analyze", "per-layer sensitivity, outliers, recommendations and a verdict")
+    e = model_cmd("export", "verified ONNX Runtime engines for a config")
+    e.add_argument("--mode", choices=["int8", "dynamic", "fp16"], default="int8",
+                   help="int8: static QDQ engine (default); dynamic: weights-only INT8; fp16")  # fmt: skip
     return p
 
 
@@ -90,6 +94,34 @@ def _analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from .export import export
+    from .report import prepare_out, write_json
+    from .scheme import Config
+    from .workload import load_workload
+
+    config = Config.load(args.config)
+    existed = args.out.exists()
+    out = prepare_out(args.out)
+    say = _progress(args.quiet)
+    try:
+        say(f"loading {args.model}")
+        wl = load_workload(args.model, args.data)
+        rep = export(wl, config, out, mode=args.mode, progress=say)
+        write_json(rep.config, out / "config.json")
+        write_json(rep.to_dict(), out / "export.json")
+    except BaseException:
+        if not existed:
+            shutil.rmtree(out, ignore_errors=True)
+        else:
+            for name in ("model_fp32.onnx", "model_int8.onnx", "model_fp16.onnx"):
+                (out / name).unlink(missing_ok=True)
+        raise
+    print(rep.table())
+    print(f"wrote {', '.join(sorted(p.name for p in out.iterdir() if not p.name.startswith('.')))} to {out}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = _parser().parse_args(argv)
@@ -101,6 +133,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.cmd == "analyze":
             return _analyze(args)
+        if args.cmd == "export":
+            return _export(args)
         raise QAnalysisError(f"unknown command {args.cmd}")  # pragma: no cover
     except QAnalysisError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -108,6 +142,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `qanalysis ... | head`
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,31 +1,337 @@
-"""ONNX Runtime engines: sessions, timing, and the INT8 engine of a config.
+"""ONNX Runtime engines: sessions, the INT8 engine of a config, verification, profiling.
 
-(The verified export of a whole config lives here too as it grows; see DESIGN.md step 9.)
+``build_int8_engine`` produces the deployable QDQ model through ONNX Runtime's own
+``quantize_static`` — with the simulation's scales and zero points passed as
+``TensorQuantOverrides`` (no second calibration) and the float layers in
+``nodes_to_exclude`` — and then makes the tensors agree with the simulation's plan:
+ORT leaves the Q/DQ pair a quantized producer puts on its output even when the consumer is
+excluded, so such edges are rewired to the float tensor (re-creating a ReLU that ORT had
+fused into the producer when needed). The result: a layer kept in float reads a float
+input and float weights, exactly as simulated.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import tempfile
+from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Mapping
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import torch
+from onnx import helper
 
+from .errors import ExportError
 from .workload import Inputs
 
 
-def session(path: str | Path, *, threads: int | None = None, profile: bool = False) -> ort.InferenceSession:
+def session(path: str | Path, *, threads: int | None = None, profile: bool = False,
+            profile_prefix: str | None = None) -> ort.InferenceSession:  # fmt: skip
     so = ort.SessionOptions()
     so.log_severity_level = 3
     if threads:
         so.intra_op_num_threads = threads
     if profile:
         so.enable_profiling = True
-    return ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
+        if profile_prefix:
+            so.profile_file_prefix = profile_prefix
+    try:
+        return ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
+    except Exception as e:  # noqa: BLE001
+        raise ExportError(f"ONNX Runtime cannot load {Path(path).name}: {str(e).splitlines()[0][:300]}") from None
 
 
 def run_session(sess: ort.InferenceSession, inputs: Inputs) -> torch.Tensor:
     names = [i.name for i in sess.get_inputs()]
     feeds: Mapping[str, np.ndarray] = {n: t.numpy() for n, t in zip(names, inputs)}
     return torch.from_numpy(np.asarray(sess.run(None, feeds)[0])).float()
+
+
+# --------------------------------------------------------------------------- building
+
+
+@dataclass
+class EngineBuild:
+    path: Path
+    excluded_nodes: list[str]
+    rewired_edges: list[tuple[str, str]]  # (consumer node, tensor) that read float instead of Q/DQ
+    missing_edges: list[tuple[str, str]]  # quantized in the simulation, not in the engine
+    quantized_tensors: list[str]
+
+
+def _np_zero_point(z: int, symmetric: bool) -> np.ndarray:
+    return np.array(z, dtype=np.int8 if symmetric else np.uint8)
+
+
+def _overrides(sim, plan) -> dict[str, list[dict[str, Any]]]:
+    """TensorQuantOverrides: every quantized tensor's (scale, zero point) from the simulation."""
+    a = sim.scheme.activations
+    out: dict[str, list[dict[str, Any]]] = {}
+    owners = set(sim.qg.act_owner.values())
+    for t in sorted(owners):
+        qp = sim.act_qparams(t)
+        if qp is None:
+            continue
+        out[t] = [{"scale": np.array(float(qp.scale), dtype=np.float32), "zero_point": _np_zero_point(int(qp.zero_point), a.symmetric)}]
+    return out
+
+
+def check_engine_scheme(scheme, plan, sim) -> None:
+    w, a = scheme.weights, scheme.activations
+    int4 = [l.name for l in sim.qg.layers if sim.weight_bits(plan.config, l) not in (None, 8)]
+    if w.bits != 8 or int4:
+        names = f" (layers {', '.join(int4[:5])})" if int4 and w.bits == 8 else ""
+        raise ExportError(
+            f"{w.bits if w.bits != 8 else 4}-bit weights{names} are simulated only: ONNX Runtime's CPU engine has no "
+            "static int4 Conv/MatMul kernels; export with 8-bit weights or keep those layers in fp16"
+        )
+    if a.bits != 8:
+        raise ExportError(f"{a.bits}-bit activations are simulated only: the ONNX Runtime engine runs 8-bit activations")
+    if not isinstance(w.granularity, str):
+        raise ExportError(
+            "group-wise weights are simulated only for static engines (ONNX Runtime's block-wise kernels are "
+            "weight-only MatMulNBits); export per-channel or per-tensor"
+        )
+
+
+def build_int8_engine(qg, sim, plan, out_path: Path, calib: Inputs) -> EngineBuild:
+    """The QDQ engine of ``plan`` (a SimPlan) via quantize_static, made tensor-exact."""
+    from .graph import ort_quantize
+
+    check_engine_scheme(sim.scheme, plan, sim)
+    prog = qg.program
+    float_nodes = [l.node_name for l in qg.layers if sim.weight_bits(plan.config, l) is None]
+    tmp = out_path.with_name(f".{out_path.name}.ort-{os.getpid()}.onnx")
+    try:
+        ort_quantize(
+            qg.float_path, tmp, qg.input_names, [calib], sim.scheme,
+            nodes_to_exclude=float_nodes,
+            extra_options={"TensorQuantOverrides": _overrides(sim, plan)},
+        )  # fmt: skip
+        model = onnx.load(str(tmp))
+    finally:
+        tmp.unlink(missing_ok=True)
+    rewired, missing = _align_with_plan(model, prog, qg, plan)
+    _restore_float_weights(model, prog, qg, sim, plan)
+    _prune(model)
+    quantized = sorted({n.input[0] for n in model.graph.node if n.op_type == "QuantizeLinear"})
+    try:
+        onnx.checker.check_model(model)
+    except Exception as e:  # noqa: BLE001
+        raise ExportError(f"the INT8 engine failed ONNX's checker: {str(e).splitlines()[0][:300]}") from None
+    _atomic_save(model, out_path)
+    return EngineBuild(out_path, float_nodes, rewired, missing, quantized)
+
+
+def _atomic_save(model: onnx.ModelProto, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        onnx.save(model, str(tmp))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _align_with_plan(model: onnx.ModelProto, prog, qg, plan) -> tuple[list, list]:
+    """Rewire engine edges the plan keeps float; report edges the plan quantizes but ORT does not."""
+    g = model.graph
+    q_in = {n.output[0]: n.input[0] for n in g.node if n.op_type == "QuantizeLinear"}
+    dq_src = {n.output[0]: q_in[n.input[0]] for n in g.node if n.op_type == "DequantizeLinear" and n.input[0] in q_in}
+    float_by_name = {n.name: n for n in prog.nodes}
+    engine_names = {n.name for n in g.node}
+    outputs = {o.name for o in g.output}
+    new_nodes: list[onnx.NodeProto] = []
+    made: dict[str, str] = {}
+    rewired, missing = [], []
+
+    def orig(t: str) -> str:
+        return t[: -len("_QuantizeLinear_Input")] if t.endswith("_QuantizeLinear_Input") else t
+
+    def float_source(raw: str) -> str:
+        """The engine tensor holding the float value of float-graph tensor ``t``."""
+        t = orig(raw)
+        p = prog.producer.get(t)
+        if p is not None and prog.nodes[p].op in ("Relu", "Clip") and prog.nodes[p].name not in engine_names:
+            # ORT fused this activation into its producer (whose output now carries ``t``'s name)
+            if t not in made:
+                fn = prog.nodes[p]
+                extra = [i for i in fn.inputs[1:]]
+                node = helper.make_node(fn.op, [raw, *extra], [f"{t}_float"], name=f"{fn.name}_float")
+                for k, v in fn.attrs.items():
+                    node.attribute.append(helper.make_attribute(k, v))
+                new_nodes.append(node)
+                for i in extra:
+                    if i and i in prog.initializers and not any(x.name == i for x in g.initializer):
+                        g.initializer.append(onnx.numpy_helper.from_array(prog.initializers[i].numpy(), i))
+                made[t] = f"{t}_float"
+            return made[t]
+        return raw
+
+    seen_edges = set()
+    for n in g.node:
+        if n.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            continue
+        fn = float_by_name.get(n.name)
+        if fn is None:
+            continue
+        for pos, name in enumerate(n.input):
+            if name in dq_src:
+                seen_edges.add((fn.index, pos))
+                key = plan.edges.get((fn.index, pos))
+                if key is None or key[0] not in ("q", "dyn"):  # float (fp16 layers run fp32 on the CPU EP)
+                    n.input[pos] = float_source(dq_src[name])
+                    rewired.append((n.name, orig(dq_src[name])))
+    for (i, pos), key in plan.edges.items():
+        if key is not None and (i, pos) not in seen_edges and key[0] == "q":
+            missing.append((prog.nodes[i].name, prog.nodes[i].inputs[pos]))
+    # graph outputs ORT quantized but the plan keeps float
+    for n in list(g.node):
+        if n.op_type == "DequantizeLinear" and n.output[0] in outputs and n.input[0] in q_in:
+            t = n.output[0]
+            if t not in plan.outputs:
+                raw = q_in[n.input[0]]
+                for m in g.node:
+                    for k, o in enumerate(m.output):
+                        if o == raw:
+                            m.output[k] = t
+                for m in g.node:
+                    if m.op_type == "QuantizeLinear" and m.input[0] == t and m.output[0] == n.input[0]:
+                        m.input[0] = f"{t}__unused"
+                n.output[0] = f"{t}__dq_unused"
+    g.node.extend(new_nodes)
+    _toposort(g)
+    return rewired, missing
+
+
+def _restore_float_weights(model, prog, qg, sim, plan) -> None:
+    """A float layer's weights must be float in the engine, even if shared with a quantized one."""
+    g = model.graph
+    inits = {t.name for t in g.initializer}
+    dq_of_init = {n.output[0]: n.input[0] for n in g.node if n.op_type == "DequantizeLinear" and n.input[0] in inits}
+    for l in qg.layers:
+        if sim.weight_bits(plan.config, l) is not None:
+            continue
+        node = next((n for n in g.node if n.name == l.node_name), None)
+        if node is None:
+            continue
+        for pos, name in enumerate(node.input):
+            if name in dq_of_init:
+                fname = prog.nodes[l.node].inputs[pos]
+                if fname not in inits:
+                    g.initializer.append(onnx.numpy_helper.from_array(prog.initializers[fname].numpy(), fname))
+                    inits.add(fname)
+                node.input[pos] = fname
+
+
+def _prune(model: onnx.ModelProto) -> None:
+    g = model.graph
+    while True:
+        used = {i for n in g.node for i in n.input} | {o.name for o in g.output}
+        dead = [n for n in g.node if n.op_type in ("QuantizeLinear", "DequantizeLinear") and not any(o in used for o in n.output)]
+        if not dead:
+            break
+        for n in dead:
+            g.node.remove(n)
+    used = {i for n in g.node for i in n.input}
+    for t in [t for t in g.initializer if t.name not in used]:
+        g.initializer.remove(t)
+
+
+def _toposort(g: onnx.GraphProto) -> None:
+    produced = {i.name for i in g.input} | {t.name for t in g.initializer} | {""}
+    nodes, order = list(g.node), []
+    pending = nodes
+    while pending:
+        progress, rest = False, []
+        for n in pending:
+            if all(i in produced for i in n.input):
+                order.append(n)
+                produced.update(n.output)
+                progress = True
+            else:
+                rest.append(n)
+        if not progress:
+            order += rest
+            break
+        pending = rest
+    del g.node[:]
+    g.node.extend(order)
+
+
+def build_dynamic_engine(float_path: Path, out_path: Path) -> Path:
+    """Weights-only INT8 for MatMul/Gemm-heavy models (activations quantized at run time)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from .graph import quiet
+
+    tmp = out_path.with_name(f".{out_path.name}.tmp-{os.getpid()}.onnx")
+    with quiet():
+        try:
+            quantize_dynamic(str(float_path), str(tmp), weight_type=QuantType.QInt8, per_channel=True)
+            os.replace(tmp, out_path)
+        except Exception as e:  # noqa: BLE001
+            raise ExportError(f"ONNX Runtime's quantize_dynamic failed: {str(e).splitlines()[0][:300]}") from None
+        finally:
+            tmp.unlink(missing_ok=True)
+    return out_path
+
+
+def build_fp16_engine(float_path: Path, out_path: Path) -> Path:
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    from .graph import quiet
+
+    with quiet():
+        try:
+            m = convert_float_to_float16(onnx.load(str(float_path)), keep_io_types=True)
+        except Exception as e:  # noqa: BLE001
+            raise ExportError(f"FP16 conversion failed: {str(e).splitlines()[0][:300]}") from None
+    _atomic_save(m, out_path)
+    return out_path
+
+
+# --------------------------------------------------------------------------- profiling
+
+
+@dataclass
+class NodeTime:
+    node: str
+    op_type: str
+    provider: str
+    us: float  # mean per run
+
+
+def profile_nodes(path: Path, inputs: Inputs, runs: int = 10) -> list[NodeTime]:
+    """Per-node kernel time (µs per run) from ONNX Runtime's profiler."""
+    with tempfile.TemporaryDirectory() as d:
+        sess = session(path, profile=True, profile_prefix=str(Path(d) / "prof"))
+        for _ in range(3 + runs):
+            run_session(sess, inputs)
+        f = sess.end_profiling()
+        events = json.loads(Path(f).read_text())
+    acc: dict[tuple[str, str, str], list[float]] = defaultdict(list)
+    for e in events:
+        if e.get("cat") != "Node" or not e.get("name", "").endswith("_kernel_time"):
+            continue
+        args = e.get("args", {})
+        acc[(e["name"][: -len("_kernel_time")], args.get("op_name", "?"), args.get("provider", "?"))].append(float(e.get("dur", 0)))
+    out = []
+    for (node, op, prov), durs in acc.items():
+        durs = durs[-runs:]
+        out.append(NodeTime(node, op, prov, sum(durs) / max(len(durs), 1)))
+    return sorted(out, key=lambda t: -t.us)
+
+
+def attribute_to_layers(times: list[NodeTime], qg) -> dict[str, float]:
+    """µs per run per layer name (fused ORT nodes are matched by the float node name they contain)."""
+    names = sorted(((l.node_name, l.name) for l in qg.layers), key=lambda p: -len(p[0]))
+    out: dict[str, float] = defaultdict(float)
+    for t in times:
+        layer = next((ln for nn, ln in names if nn and (t.node == nn or t.node.startswith(nn + "_") or nn in t.node)), None)
+        out[layer or f"(other) {t.op_type}"] += t.us
+    return dict(out)

@@ -206,6 +206,17 @@ class QuantGraph:
         self.by_name = {l.name: l for l in self.layers}
         self.by_node = {l.node: l for l in self.layers}
 
+    def node_name(self, layer: str) -> str:
+        """Module name → ONNX node name (``layer1.0.conv2`` → ``node_Conv_12``)."""
+        return self.layer(layer).node_name
+
+    def layer_of_node(self, node_name: str) -> str | None:
+        """ONNX node name → module name; ``None`` for nodes that are not quantizable layers."""
+        for l in self.layers:
+            if l.node_name == node_name:
+                return l.name
+        return None
+
     @property
     def quantized_tensors(self) -> set[str]:
         return set(self.act_owner)

@@ -1,0 +1,338 @@
+"""``export``: a config becomes deployable engines, verified against FP32 and the simulation.
+
+Writes ``model_fp32.onnx``, ``model_int8.onnx`` (or ``model_fp16.onnx`` / the dynamic
+engine in ``model_int8.onnx``), ``config.json`` and ``export.json``: PyTorch / ONNX FP32
+metric, simulated metric, engine metric, layer-by-layer agreement of the engine's tensors
+with the simulated ones (in quantization steps), sizes, latency (batch 1 and a larger
+batch, mean ± std), throughput, peak memory, and — when the engine is not faster than
+FP32 — why, from ONNX Runtime's profiler.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+import onnx
+import torch
+from onnx import helper
+
+from . import metrics as M
+from .baseline import first_sample, peak_memory_bytes, time_calls
+from .calibrate import collect_stats
+from .engine import attribute_to_layers, build_dynamic_engine, build_fp16_engine, build_int8_engine, profile_nodes, run_session, session
+from .errors import ExportError
+from .graph import prepare
+from .scheme import ActivationSpec, Config, Scheme
+from .simulate import SimPlan, Simulator, fake_quant
+from .workload import Workload, run_model
+
+Mode = Literal["int8", "dynamic", "fp16"]
+Progress = Callable[[str], None]
+QUANT_KERNELS = ("QLinear", "Integer", "QGemm", "QAttention", "DynamicQuantize", "MatMulNBits", "QuickGelu")
+
+
+@dataclass
+class LayerCheck:
+    layer: str
+    tensor: str
+    sqnr_db: float
+    max_err_steps: float
+    frac_off_by_more_than_1: float
+    agrees: bool
+
+
+@dataclass
+class ExportReport:
+    mode: str
+    fp32_metric: float
+    fp32_onnx_metric: float
+    engine_metric: float
+    simulated_metric: float
+    fp32_size_bytes: int
+    int8_size_bytes: int
+    fp32_latency_ms: float
+    fp32_latency_std_ms: float
+    int8_latency_ms: float
+    int8_latency_std_ms: float
+    float_layers: list[str]
+    float_tensors: list[str]
+    latency: dict[str, Any] = field(default_factory=dict)
+    peak_memory_bytes: dict[str, int | None] = field(default_factory=dict)
+    layer_checks: list[dict[str, Any]] = field(default_factory=list)
+    disagreements: list[str] = field(default_factory=list)
+    rewired_edges: list[list[str]] = field(default_factory=list)
+    speed: dict[str, Any] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)
+    timings_s: dict[str, float] = field(default_factory=dict)
+    files: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def sim_engine_gap(self) -> float:
+        return abs(self.simulated_metric - self.engine_metric)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["sim_engine_gap"] = self.sim_engine_gap
+        d["speedup_b1"] = self.fp32_latency_ms / self.int8_latency_ms if self.int8_latency_ms > 0 else None
+        return d
+
+    def table(self) -> str:
+        lat = self.latency
+        rows = [
+            ("", "FP32", self.mode.upper() + " engine", "simulated"),
+            ("metric", f"{self.fp32_onnx_metric:.3f}", f"{self.engine_metric:.3f}", f"{self.simulated_metric:.3f}"),
+            ("size (MB)", f"{self.fp32_size_bytes / 1e6:.3f}", f"{self.int8_size_bytes / 1e6:.3f}", ""),
+            ("latency b1 (ms)", f"{self.fp32_latency_ms:.3f} ± {self.fp32_latency_std_ms:.3f}",
+             f"{self.int8_latency_ms:.3f} ± {self.int8_latency_std_ms:.3f}", ""),  # fmt: skip
+        ]
+        if "fp32_batch" in lat:
+            b = lat["fp32_batch"]["batch"]
+            rows.append((f"latency b{b} (ms/sample)", f"{lat['fp32_batch']['mean_ms']:.3f}", f"{lat['engine_batch']['mean_ms']:.3f}", ""))
+            rows.append((f"throughput b{b} (/s)", f"{lat['fp32_batch']['throughput_per_s']:.0f}",
+                         f"{lat['engine_batch']['throughput_per_s']:.0f}", ""))  # fmt: skip
+        w = [max(len(r[i]) for r in rows) for i in range(4)]
+        lines = ["  ".join(c.ljust(w[i]) for i, c in enumerate(r)) for r in rows]
+        lines.append(f"float layers: {', '.join(self.float_layers) or 'none'}")
+        if self.disagreements:
+            lines.append(f"engine disagrees with the simulation on: {', '.join(self.disagreements)}")
+        if self.speed.get("note"):
+            lines.append(self.speed["note"])
+        return "\n".join(lines)
+
+
+def _metric(wl: Workload, fn) -> tuple[float, torch.Tensor]:
+    outs = torch.cat([fn(x) for x, _ in wl.evaluation])
+    return wl.score(outs), outs
+
+
+def _simulated(wl: Workload, sim: Simulator, plan: SimPlan) -> float:
+    with torch.inference_mode():
+        return _metric(wl, lambda x: sim.output(sim.run(dict(zip(sim.qg.input_names, x)), plan)))[0]
+
+
+def layer_checks(wl: Workload, sim: Simulator, plan: SimPlan, engine_path: Path, n_batches: int = 2) -> list[LayerCheck]:
+    """Each quantized layer output of the engine against the simulation *given the engine's own
+    inputs to that layer* (so a difference is the layer's, not inherited from upstream).
+
+    Every tensor the engine dequantizes is exposed as an extra output of a debug copy; the
+    simulator re-runs only the layer's node (and a ReLU fused into it) on those inputs."""
+    qg = sim.qg
+    prog = qg.program
+    m = onnx.load(str(engine_path))
+    q_in = {n.output[0]: n.input[0] for n in m.graph.node if n.op_type == "QuantizeLinear"}
+    dq_of: dict[str, str] = {}
+    for n in m.graph.node:
+        if n.op_type == "DequantizeLinear" and n.input[0] in q_in:
+            src = q_in[n.input[0]]
+            src = src[: -len("_QuantizeLinear_Input")] if src.endswith("_QuantizeLinear_Input") else src
+            dq_of.setdefault(src, n.output[0])
+    existing = {o.name for o in m.graph.output}
+    for name in dq_of.values():
+        if name not in existing:
+            m.graph.output.append(helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+    tmp = engine_path.with_name(f".{engine_path.name}.debug-{os.getpid()}.onnx")
+    try:
+        onnx.save(m, str(tmp))
+        sess = session(tmp)
+    finally:
+        tmp.unlink(missing_ok=True)
+    out_names = [o.name for o in sess.get_outputs()]
+    targets: list[tuple[str, str, set[int]]] = []  # (layer, quantized output tensor, nodes to run)
+    for l in qg.layers:
+        cands = [(l.output, {l.node})] + [(o, {l.node, i}) for o, i in _activation_outputs(qg, l.output)]
+        for t, nodes in cands:
+            if t in dq_of:
+                targets.append((l.name, t, nodes))
+                break
+    acc: dict[str, list] = defaultdict(lambda: [0.0, 0.0, 0.0, 0, 0])  # sig, noise, max steps, n off, n
+    with torch.inference_mode():
+        for x, _ in wl.evaluation[:n_batches]:
+            feeds = {i.name: t.numpy() for i, t in zip(sess.get_inputs(), x)}
+            res = dict(zip(out_names, sess.run(None, feeds)))
+            env = sim.run(dict(zip(qg.input_names, x)), plan, keep=True)
+            engine_env = {t: torch.from_numpy(res[d]).float() for t, d in dq_of.items() if d in res}
+            for layer, t, nodes in targets:
+                qp = sim.act_qparams(t)
+                if qp is None or t not in engine_env:
+                    continue
+                local = {**env, **{k: v for k, v in engine_env.items() if k in _inputs_of(prog, nodes)}}
+                got = sim.run(dict(zip(qg.input_names, x)), plan, env=local, nodes=nodes, keep=True)
+                s = fake_quant(got[t], qp)
+                e = engine_env[t]
+                if e.shape != s.shape:
+                    continue
+                steps = (e - s).abs() / float(qp.scale)
+                a = acc[layer]
+                a[0] += float((s.double() ** 2).sum())
+                a[1] += float(((s - e).double() ** 2).sum())
+                a[2] = max(a[2], float(steps.max()))
+                a[3] += int((steps > 1.01).sum())
+                a[4] += steps.numel()
+    out = []
+    for layer, t, _ in targets:
+        a = acc.get(layer)
+        if not a or not a[4]:
+            continue
+        sq = M.SQNR_CAP_DB if a[1] <= 0 else min(M.SQNR_CAP_DB, 10 * math.log10(max(a[0], 1e-30) / a[1]))
+        frac = a[3] / a[4]
+        out.append(LayerCheck(layer, t, sq, a[2], frac, agrees=frac <= 0.01))
+    return out
+
+
+def _inputs_of(prog, nodes: set[int]) -> set[str]:
+    return {i for n in nodes for i in prog.nodes[n].inputs if i}
+
+
+def _activation_outputs(qg, t: str) -> list[tuple[str, int]]:
+    """(output, node index) of the ReLU/Clip that ORT fuses into the producer of ``t``."""
+    prog = qg.program
+    return [(prog.nodes[c].outputs[0], c) for c in prog.consumers.get(t, ()) if prog.nodes[c].op in ("Relu", "Clip")]
+
+
+def _speed_note(engine_path: Path, x1, fp32_ms: float, q_ms: float, qg) -> dict[str, Any]:
+    times = profile_nodes(engine_path, x1, runs=10)
+    by_op: dict[str, float] = defaultdict(float)
+    for t in times:
+        by_op[t.op_type] += t.us
+    float_heavy = sorted({t.op_type for t in times if t.op_type in ("Conv", "Gemm", "MatMul", "ConvTranspose", "FusedConv", "FusedMatMul")})
+    quant = sorted({t.op_type for t in times if any(k in t.op_type for k in QUANT_KERNELS)})
+    d: dict[str, Any] = {
+        "kernel_us_by_op_type": dict(sorted(by_op.items(), key=lambda kv: -kv[1])),
+        "quantized_kernels": quant,
+        "float_compute_kernels": float_heavy,
+        "per_layer_us": attribute_to_layers(times, qg),
+    }
+    if q_ms >= fp32_ms:
+        reasons = []
+        if float_heavy:
+            reasons.append(f"compute ops still ran in float ({', '.join(float_heavy)})")
+        ql = by_op.get("QuantizeLinear", 0) + by_op.get("DequantizeLinear", 0)
+        tot = sum(by_op.values()) or 1
+        if ql / tot > 0.2:
+            reasons.append(f"Quantize/DequantizeLinear took {100 * ql / tot:.0f}% of kernel time (boundaries between int8 and float)")
+        if not reasons:
+            reasons.append("the model is too small for int8 kernels to beat the per-op overhead")
+        d["note"] = f"the {q_ms:.3f} ms engine is not faster than FP32 ({fp32_ms:.3f} ms): " + "; ".join(reasons)
+    return d
+
+
+def export(
+    wl: Workload,
+    config: Config | None = None,
+    out: Path | None = None,
+    *,
+    mode: Mode = "int8",
+    progress: Progress | None = None,
+    repeats: int = 30,
+    check_layers: bool = True,
+) -> ExportReport:
+    """Build and verify the engines for ``config``; files go to ``out``."""
+    from .analysis import check_config
+
+    config = config or Config()
+    say = progress or (lambda m: None)
+    if out is None:
+        raise ExportError("export needs an output folder")
+    timings: dict[str, float] = {}
+    t = time.perf_counter()
+    say("exporting to ONNX and reading ONNX Runtime's quantization plan")
+    qg = prepare(wl, config.scheme)
+    check_config(config, qg)
+    timings["export_and_plan"] = time.perf_counter() - t
+    t = time.perf_counter()
+    say(f"calibrating ({config.scheme.activations.calibration})")
+    hist = config.scheme.activations.calibration != "minmax"
+    stats = collect_stats(qg.program, wl.calibration, qg.quantized_tensors, histograms=hist)
+    scheme = config.scheme
+    if mode == "dynamic":
+        scheme = Scheme(weights=scheme.weights, activations=ActivationSpec(**{**scheme.activations.__dict__, "dynamic": True}))
+    sim = Simulator(qg, stats, scheme)
+    sim_config = Config(scheme=scheme, layers=config.layers, fixes=config.fixes)
+    if mode == "fp16":
+        sim_config = Config(scheme=scheme, layers={l.name: "fp16" for l in qg.layers})
+    plan = sim.plan(sim_config)
+    timings["calibration"] = time.perf_counter() - t
+
+    fp32_path = out / "model_fp32.onnx"
+    tmp = fp32_path.with_name(f".{fp32_path.name}.tmp-{os.getpid()}")
+    shutil.copyfile(qg.float_path, tmp)
+    os.replace(tmp, fp32_path)
+    t = time.perf_counter()
+    say(f"building the {mode} engine")
+    build = None
+    if mode == "int8":
+        eng_path = out / "model_int8.onnx"
+        build = build_int8_engine(qg, sim, plan, eng_path, wl.calibration[0])
+    elif mode == "dynamic":
+        eng_path = build_dynamic_engine(qg.float_path, out / "model_int8.onnx")
+    elif mode == "fp16":
+        eng_path = build_fp16_engine(qg.float_path, out / "model_fp16.onnx")
+    else:
+        raise ExportError(f"unknown export mode {mode!r}; choose int8, dynamic or fp16")
+    timings["engine_build"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    say("verifying: FP32 (PyTorch, ONNX), simulated and engine metrics")
+    fp32_sess, eng_sess = session(fp32_path), session(eng_path)
+    with torch.inference_mode():
+        torch_metric, _ = _metric(wl, lambda x: run_model(wl.model, x))
+    onnx_metric, _ = _metric(wl, lambda x: run_session(fp32_sess, x))
+    engine_metric, _ = _metric(wl, lambda x: run_session(eng_sess, x))
+    sim_metric = _simulated(wl, sim, plan)
+    checks: list[LayerCheck] = []
+    if mode == "int8" and check_layers:
+        say("comparing the engine's layer outputs with the simulation")
+        checks = layer_checks(wl, sim, plan, eng_path)
+    timings["verification"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    say("timing FP32 and engine (batch 1 and a full batch)")
+    xb = wl.evaluation[0][0]
+    x1 = first_sample(xb)
+    nb = int(xb[0].shape[0])
+    lat = {
+        "fp32_b1": time_calls(lambda: run_session(fp32_sess, x1), 1, repeats=repeats),
+        "engine_b1": time_calls(lambda: run_session(eng_sess, x1), 1, repeats=repeats),
+        "fp32_batch": time_calls(lambda: run_session(fp32_sess, xb), nb, repeats=max(5, repeats // 3)),
+        "engine_batch": time_calls(lambda: run_session(eng_sess, xb), nb, repeats=max(5, repeats // 3)),
+    }
+    mem = {
+        "fp32": peak_memory_bytes(lambda: run_session(session(fp32_path), xb)),
+        "engine": peak_memory_bytes(lambda: run_session(session(eng_path), xb)),
+    }
+    speed = _speed_note(eng_path, x1, lat["fp32_b1"].mean_ms, lat["engine_b1"].mean_ms, qg)
+    timings["timing"] = time.perf_counter() - t
+    float_layers = [l.name for l in qg.layers if sim.weight_bits(sim_config, l) is None]
+    rep = ExportReport(
+        mode=mode,
+        fp32_metric=torch_metric,
+        fp32_onnx_metric=onnx_metric,
+        engine_metric=engine_metric,
+        simulated_metric=sim_metric,
+        fp32_size_bytes=os.path.getsize(fp32_path),
+        int8_size_bytes=os.path.getsize(eng_path),
+        fp32_latency_ms=lat["fp32_b1"].mean_ms,
+        fp32_latency_std_ms=lat["fp32_b1"].std_ms,
+        int8_latency_ms=lat["engine_b1"].mean_ms,
+        int8_latency_std_ms=lat["engine_b1"].std_ms,
+        float_layers=float_layers,
+        float_tensors=plan.float_tensors(qg) if mode == "int8" else [],
+        latency={k: v.to_dict() for k, v in lat.items()},
+        peak_memory_bytes=mem,
+        layer_checks=[asdict(c) for c in checks],
+        disagreements=sorted({c.layer for c in checks if not c.agrees} | ({f"{n} ({t})" for n, t in build.missing_edges} if build else set())),
+        rewired_edges=[list(e) for e in build.rewired_edges] if build else [],
+        speed=speed,
+        config=sim_config.to_dict(),
+        timings_s=timings,
+        files={"fp32": fp32_path.name, "engine": eng_path.name},
+    )
+    return rep
+
