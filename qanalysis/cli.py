@@ -2,6 +2,7 @@
 
     qanalysis samples
     qanalysis analyze MODEL --out DIR [--config CONFIG.json] [--data DIR]
+    qanalysis search  MODEL --max-drop PCT [--objective latency|size] --out DIR [--config CONFIG.json]
     qanalysis export  MODEL --out DIR [--config CONFIG.json] [--mode int8|dynamic|fp16]
 
 MODEL is ``sample:NAME``, ``torchvision:ARCH[@WEIGHTS.pt]`` (with ``--data``) or a spec
@@ -51,6 +52,9 @@ def _parser() -> argparse.ArgumentParser:
         return c
 
     model_cmd("analyze", "per-layer sensitivity, outliers, recommendations and a verdict")
+    s = model_cmd("search", "greedy mixed-precision search under a metric budget; Pareto fronts")
+    s.add_argument("--max-drop", required=True, type=float, metavar="PCT", help="allowed metric drop (points)")
+    s.add_argument("--objective", choices=["latency", "size"], default="latency")
     e = model_cmd("export", "verified ONNX Runtime engines for a config")
     e.add_argument("--mode", choices=["int8", "dynamic", "fp16"], default="int8",
                    help="int8: static QDQ engine (default); dynamic: weights-only INT8; fp16")  # fmt: skip
@@ -91,6 +95,43 @@ def _analyze(args: argparse.Namespace) -> int:
     for _, r in top.iterrows():
         print(f"  {r['layer']:<40} {r['metric_drop']:+.3f}  {r['recommendation']}")
     print(f"wrote {', '.join(sorted(p.name for p in out.iterdir() if not p.name.startswith('.')))} to {out}")
+    return 0
+
+
+def _search(args: argparse.Namespace) -> int:
+    from .analysis import analyze
+    from .report import prepare_out, write_csv, write_json
+    from .scheme import Config
+    from .search import search
+    from .workload import load_workload
+
+    config = Config.load(args.config)
+    existed = args.out.exists()
+    out = prepare_out(args.out)
+    say = _progress(args.quiet)
+    try:
+        say(f"loading {args.model}")
+        wl = load_workload(args.model, args.data)
+        a = analyze(wl, config, progress=say, baseline=False, previews=0)
+        res = search(a, args.max_drop, objective=args.objective, progress=say)
+        write_csv(res.frame(), out / "pareto.csv")
+        write_json(res.summary(), out / "search.json")
+        write_json(res.chosen.to_dict(), out / "config.json")
+    except BaseException:
+        if not existed:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+    s = res.summary()
+    chosen = res.evaluated[res.chosen_id]
+    print(f"{wl.name}: FP32 {a.fp32_metric:.2f}, all-INT8 drop {a.drop:.2f} → chosen config drop {chosen.drop:.2f} "
+          f"(budget {args.max_drop}) with {len(s['float_layers'])} float layer(s): {', '.join(s['float_layers']) or 'none'}")  # fmt: skip
+    if s["measured_latency_ms"] is not None:
+        print(f"latency: predicted {s['predicted_latency_ms']:.3f} ms, measured {s['measured_latency_ms']:.3f} ms "
+              f"({s['latency_prediction_error_pct']:+.1f}%); all-INT8 {s['int8_latency_ms']:.3f} ms, FP32 {s['fp32_latency_ms']:.3f} ms")  # fmt: skip
+    print(f"{s['n_evaluations']} config evaluations for {s['n_layers']} layers in {s['seconds']:.1f} s")
+    for n in s["notes"]:
+        print(f"note: {n}")
+    print(f"wrote pareto.csv, search.json, config.json to {out}")
     return 0
 
 
@@ -135,6 +176,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _analyze(args)
         if args.cmd == "export":
             return _export(args)
+        if args.cmd == "search":
+            return _search(args)
         raise QAnalysisError(f"unknown command {args.cmd}")  # pragma: no cover
     except QAnalysisError as e:
         print(f"error: {e}", file=sys.stderr)

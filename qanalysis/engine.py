@@ -304,16 +304,32 @@ class NodeTime:
     op_type: str
     provider: str
     us: float  # mean per run
+    inputs: tuple[str, ...] = ()
+    outputs: tuple[str, ...] = ()
 
 
 def profile_nodes(path: Path, inputs: Inputs, runs: int = 10) -> list[NodeTime]:
-    """Per-node kernel time (µs per run) from ONNX Runtime's profiler."""
+    """Per-node kernel time (µs per run) from ONNX Runtime's profiler, with each node's
+    inputs/outputs read from the optimized graph ORT actually ran (fused nodes included)."""
     with tempfile.TemporaryDirectory() as d:
-        sess = session(path, profile=True, profile_prefix=str(Path(d) / "prof"))
+        so = ort.SessionOptions()
+        so.log_severity_level = 3
+        so.enable_profiling = True
+        so.profile_file_prefix = str(Path(d) / "prof")
+        so.optimized_model_filepath = str(Path(d) / "optimized.onnx")
+        try:
+            sess = ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
+        except Exception as e:  # noqa: BLE001
+            raise ExportError(f"ONNX Runtime cannot load {Path(path).name}: {str(e).splitlines()[0][:300]}") from None
         for _ in range(3 + runs):
             run_session(sess, inputs)
         f = sess.end_profiling()
         events = json.loads(Path(f).read_text())
+        io: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {}
+        opt = Path(d) / "optimized.onnx"
+        if opt.exists():
+            for n in onnx.load(str(opt), load_external_data=False).graph.node:
+                io[n.name] = (tuple(n.input), tuple(n.output))
     acc: dict[tuple[str, str, str], list[float]] = defaultdict(list)
     for e in events:
         if e.get("cat") != "Node" or not e.get("name", "").endswith("_kernel_time"):
@@ -323,15 +339,42 @@ def profile_nodes(path: Path, inputs: Inputs, runs: int = 10) -> list[NodeTime]:
     out = []
     for (node, op, prov), durs in acc.items():
         durs = durs[-runs:]
-        out.append(NodeTime(node, op, prov, sum(durs) / max(len(durs), 1)))
+        ins, outs = io.get(node, ((), ()))
+        out.append(NodeTime(node, op, prov, sum(durs) / max(len(durs), 1), ins, outs))
     return sorted(out, key=lambda t: -t.us)
 
 
 def attribute_to_layers(times: list[NodeTime], qg) -> dict[str, float]:
-    """µs per run per layer name (fused ORT nodes are matched by the float node name they contain)."""
-    names = sorted(((l.node_name, l.name) for l in qg.layers), key=lambda p: -len(p[0]))
+    """µs per run per layer (module) name. ORT renames what it fuses, so a kernel is matched by
+    its node name (``node_Conv_12_token_3``), a weight or bias it reads (``conv1.weight_bias``),
+    or the fused output it is named after (``relu_1_nchwc``). Q/DQ kernels go to "(boundary Q/DQ)"."""
+    prog = qg.program
+    keys: dict[str, str] = {}
+    for l in qg.layers:
+        keys[l.node_name] = l.name
+        for _, w in l.weights:
+            keys[w] = l.name
+        if l.bias:
+            keys[l.bias[1]] = l.name
+        keys[l.output] = l.name
+        for c in prog.consumers.get(l.output, ()):
+            if prog.nodes[c].op in ("Relu", "Clip"):
+                keys[prog.nodes[c].outputs[0]] = l.name
+    ordered = sorted(keys, key=len, reverse=True)
+
+    def match(name: str) -> str | None:
+        if name in keys:
+            return keys[name]
+        for k in ordered:
+            if name.startswith(k + "_"):
+                return keys[k]
+        return None
+
     out: dict[str, float] = defaultdict(float)
     for t in times:
-        layer = next((ln for nn, ln in names if nn and (t.node == nn or t.node.startswith(nn + "_") or nn in t.node)), None)
+        if t.op_type in ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"):
+            out["(boundary Q/DQ)"] += t.us
+            continue
+        layer = match(t.node) or next((keys[i] for i in t.inputs if i in keys and i in prog.initializers), None)
         out[layer or f"(other) {t.op_type}"] += t.us
     return dict(out)

@@ -16,14 +16,39 @@ from streamlit.testing.v1 import AppTest
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = str(ROOT / "app.py")
-PLANTED = str(ROOT / "tests" / "specs" / "planted_outliers.py")  # conv2's input has 3 outlier channels
+PLANTED = str(
+    ROOT / "tests" / "specs" / "planted_outliers.py"
+)  # conv2's input has 3 outlier channels
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from pages import _shared  # noqa: E402 - the same module (and caches) the app imports
+from pages import _shared  # the same module (and caches) the app imports
 
-PAGES = ["pages/home.py", "pages/layers.py", "pages/distributions.py", "pages/fixes.py",
-         "pages/mixed_precision.py", "pages/export.py"]  # fmt: skip
+PAGES = [
+    "pages/home.py",
+    "pages/layers.py",
+    "pages/distributions.py",
+    "pages/fixes.py",
+    "pages/mixed_precision.py",
+    "pages/export.py",
+]
+
+
+@pytest.fixture(autouse=True)
+def _router_mode(monkeypatch: pytest.MonkeyPatch) -> None:
+    """AppTest re-detects Streamlit's legacy ``pages/`` mode before every run, and with a
+    ``pages/`` folder beside app.py its reruns execute the page file alone, without app.py's
+    sidebar. A real server leaves that mode for good once app.py calls st.navigation (and
+    pages/_shared.py sends a session that starts on a page through app.py), so tests do the same."""
+    from streamlit.runtime.pages_manager import PagesManager
+
+    init = PagesManager.__init__
+
+    def init_then_router(self, *args, **kwargs) -> None:
+        init(self, *args, **kwargs)
+        PagesManager.uses_pages_directory = False
+
+    monkeypatch.setattr(PagesManager, "__init__", init_then_router)
 
 
 def start(model: str | None = None) -> AppTest:
@@ -38,7 +63,9 @@ def start(model: str | None = None) -> AppTest:
 def analysis_of(at: AppTest):
     """The Analysis the app shows (a cache hit: same key, same process)."""
     ss = at.session_state
-    return _shared.cached_analysis(ss["source"], ss["data"], ss["config_json"], _shared._stamp(ss["source"]))
+    return _shared.cached_analysis(
+        ss["source"], ss["data"], ss["config_json"], _shared._stamp(ss["source"])
+    )
 
 
 def goto(at: AppTest, page: str) -> AppTest:
@@ -70,7 +97,9 @@ def test_first_load_runs_the_default_sample() -> None:
     assert metric(at, "Flipped predictions") == f"{len(a.flips)} / {a.workload.n_eval}"
     assert metric(at, "FP32 model, ONNX file").endswith("KB")
     top = at.dataframe[0].value
-    assert set(top["layer"]) <= {layer.name for layer in a.qgraph.layers} and len(top) == min(5, len(a.qgraph.layers))
+    assert set(top["layer"]) <= {layer.name for layer in a.qgraph.layers} and len(top) == min(
+        5, len(a.qgraph.layers)
+    )
     assert len(at.get("plotly_chart")) == 1  # per-class deltas
     assert "Showing **sample:digits_cnn**" in texts(at.sidebar.caption)
 
@@ -102,7 +131,13 @@ def test_every_page_renders(page: str) -> None:
         config = json.loads(at.code[0].value)
         assert config["layers"] == {} and config["scheme"] == a.config.scheme.to_dict()
         labels = {b.label for b in at.get("download_button")}
-        assert {"config.json", "layers.csv", "outliers.csv", "summary.json", "report.html"} <= labels
+        assert {
+            "config.json",
+            "layers.csv",
+            "outliers.csv",
+            "summary.json",
+            "report.html",
+        } <= labels
 
 
 def test_pick_another_sample_and_run() -> None:
@@ -187,3 +222,13 @@ def test_user_errors_are_one_line_not_tracebacks() -> None:
     at.button(key="w_run").click().run()
     assert not at.exception, at.exception
     assert "spec file not found" in texts(at.error)
+
+    at.radio(key="w_kind").set_value("torchvision").run()
+    assert at.text_input(key="w_arch").value == "resnet18"
+    at.button(key="w_run").click().run()
+    assert "need an image folder" in texts(at.sidebar.error)
+    at.text_input(key="w_data").input(str(ROOT / "no_such_folder")).run()
+    at.button(key="w_run").click().run()
+    assert not at.exception, at.exception
+    assert at.session_state["source"] == "torchvision:resnet18"
+    assert "data folder not found" in texts(at.error)

@@ -1,0 +1,290 @@
+"""Mixed-precision search under a metric budget, costs from the real runtime, Pareto fronts.
+
+1. Costs: ONNX Runtime's profiler on the all-INT8 engine and on the FP32 engine gives each
+   layer's kernel time both ways (µs per batch-1 run, attributed to module names); moving a
+   layer to float costs its (float − int8) time plus the Quantize/DequantizeLinear it adds at
+   the new int8↔float boundaries (measured mean Q/DQ kernel time per boundary). Size costs
+   are the layer's parameters at 4 bytes instead of 1, on top of the real INT8 engine file.
+2. Greedy order: layers by metric recovered per unit of cost, the recovery being the
+   analysis' "all but this layer" measurement (no new evaluation).
+3. The shortest prefix of that order meeting the budget is found by exponential + binary
+   search (each probe is one full-model evaluation), then each float layer is tried back
+   in int8 (one evaluation each) and stays int8 if the budget still holds.
+4. Every evaluated config is recorded; the Pareto fronts metric-vs-latency and
+   metric-vs-size are computed over all of them; the chosen config's engine is built and
+   its latency measured end to end, to report the cost model's error.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Literal
+
+import pandas as pd
+
+from .analysis import Analysis, simulate_config
+from .baseline import first_sample, time_calls
+from .engine import attribute_to_layers, build_int8_engine, profile_nodes, run_session, session
+from .errors import ConfigError
+from .scheme import Config
+
+Objective = Literal["latency", "size"]
+Progress = Callable[[str], None]
+
+
+@dataclass
+class Costs:
+    int8_us: dict[str, float]
+    float_us: dict[str, float]
+    qdq_us: float  # mean kernel time of one Quantize/DequantizeLinear at a boundary
+    int8_total_us: float
+    int8_engine_bytes: int
+    params: dict[str, int]
+
+    def latency_ms(self, a: Analysis, float_layers: set[str]) -> float:
+        us = self.int8_total_us
+        for name in float_layers:
+            us += self.float_us.get(name, 0.0) - self.int8_us.get(name, 0.0)
+        us += self.qdq_us * _boundaries(a, float_layers)
+        return us / 1000.0
+
+    def size_bytes(self, float_layers: set[str]) -> int:
+        return int(self.int8_engine_bytes + sum(3 * self.params.get(n, 0) for n in float_layers))
+
+    def delta(self, name: str, objective: Objective) -> float:
+        if objective == "size":
+            return 3.0 * self.params.get(name, 0)
+        return max(self.float_us.get(name, 0.0) - self.int8_us.get(name, 0.0), 0.0) + 2 * self.qdq_us
+
+
+def _boundaries(a: Analysis, float_layers: set[str]) -> int:
+    """Edges whose producer layer and consumer layer differ in precision."""
+    if not float_layers:
+        return 0
+    qg, sim = a.qgraph, a.sim
+    n = 0
+    for l in qg.layers:
+        for _, t in l.act_inputs:
+            o = sim.origin(t)
+            if o is not None and ((o.name in float_layers) != (l.name in float_layers)):
+                n += 1
+    return n
+
+
+def measure_costs(a: Analysis, workdir: Path, progress: Progress | None = None) -> Costs:
+    say = progress or (lambda m: None)
+    qg, sim = a.qgraph, a.sim
+    x1 = first_sample(a.workload.evaluation[0][0])
+    say("profiling the FP32 and INT8 engines for per-layer costs")
+    int8_path = workdir / "search_int8.onnx"
+    build_int8_engine(qg, sim, sim.plan(a.config.with_layers({})), int8_path, a.workload.calibration[0])
+    t_int8 = profile_nodes(int8_path, x1, runs=20)
+    t_fp32 = profile_nodes(qg.float_path, x1, runs=20)
+    qdq = [t.us for t in t_int8 if t.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    # the base is the engine's measured wall time (session overhead included); layers add deltas
+    s8 = session(int8_path)
+    wall_ms = time_calls(lambda: run_session(s8, x1), 1, repeats=50).mean_ms
+    return Costs(
+        int8_us=attribute_to_layers(t_int8, qg),
+        float_us=attribute_to_layers(t_fp32, qg),
+        qdq_us=sum(qdq) / len(qdq) if qdq else 0.0,
+        int8_total_us=wall_ms * 1000.0,
+        int8_engine_bytes=os.path.getsize(int8_path),
+        params={l.name: l.params for l in qg.layers},
+    )
+
+
+@dataclass
+class Evaluated:
+    config_id: int
+    float_layers: list[str]
+    metric: float
+    drop: float
+    latency_ms: float
+    size_bytes: int
+    phase: str
+
+
+@dataclass
+class SearchResult:
+    chosen: Config
+    chosen_id: int
+    evaluated: list[Evaluated]
+    n_layers: int
+    n_evaluations: int
+    max_drop: float
+    objective: str
+    predicted_latency_ms: float
+    measured_latency_ms: float | None
+    measured_latency_std_ms: float | None
+    int8_latency_ms: float | None
+    fp32_latency_ms: float | None
+    seconds: float
+    met_budget: bool
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def latency_error_pct(self) -> float | None:
+        if not self.measured_latency_ms:
+            return None
+        return 100.0 * (self.predicted_latency_ms - self.measured_latency_ms) / self.measured_latency_ms
+
+    def frame(self) -> pd.DataFrame:
+        df = pd.DataFrame(
+            [
+                {"config_id": e.config_id, "n_float_layers": len(e.float_layers), "metric": e.metric, "drop": e.drop,
+                 "latency_ms": e.latency_ms, "size_bytes": e.size_bytes, "phase": e.phase,
+                 "float_layers": ";".join(e.float_layers)}  # fmt: skip
+                for e in self.evaluated
+            ]
+        )
+        df["pareto_latency"] = pareto_mask(df["metric"].tolist(), df["latency_ms"].tolist())
+        df["pareto_size"] = pareto_mask(df["metric"].tolist(), df["size_bytes"].tolist())
+        df["pareto"] = df["pareto_latency"] | df["pareto_size"]
+        df["chosen"] = df["config_id"] == self.chosen_id
+        return df
+
+    def summary(self) -> dict:
+        return {
+            "n_layers": self.n_layers,
+            "n_evaluations": self.n_evaluations,
+            "max_drop": self.max_drop,
+            "objective": self.objective,
+            "met_budget": self.met_budget,
+            "chosen_config_id": self.chosen_id,
+            "float_layers": self.chosen.float_layers(),
+            "predicted_latency_ms": self.predicted_latency_ms,
+            "measured_latency_ms": self.measured_latency_ms,
+            "measured_latency_std_ms": self.measured_latency_std_ms,
+            "latency_prediction_error_pct": self.latency_error_pct,
+            "int8_latency_ms": self.int8_latency_ms,
+            "fp32_latency_ms": self.fp32_latency_ms,
+            "seconds": self.seconds,
+            "notes": self.notes,
+        }
+
+
+def pareto_mask(metric: list[float], cost: list[float]) -> list[bool]:
+    """True where no other point has metric ≥ and cost ≤ with one of them strict."""
+    out = []
+    for i, (m, c) in enumerate(zip(metric, cost)):
+        dominated = any(
+            (m2 >= m and c2 <= c) and (m2 > m or c2 < c) for j, (m2, c2) in enumerate(zip(metric, cost)) if j != i
+        )
+        out.append(not dominated)
+    return out
+
+
+def search(
+    a: Analysis,
+    max_drop: float,
+    *,
+    objective: Objective = "latency",
+    progress: Progress | None = None,
+    measure: bool = True,
+    workdir: Path | None = None,
+) -> SearchResult:
+    if objective not in ("latency", "size"):
+        raise ConfigError(f"objective must be 'latency' or 'size', got {objective!r}")
+    if not max_drop >= 0:
+        raise ConfigError(f"--max-drop must be a non-negative number of metric points, got {max_drop}")
+    say = progress or (lambda m: None)
+    t0 = time.perf_counter()
+    wd = Path(workdir or tempfile.mkdtemp(prefix="qanalysis-search-"))
+    costs = measure_costs(a, wd, say)
+    names = [l.name for l in a.qgraph.layers]
+    base_layers = {k: v for k, v in a.config.layers.items()}
+    evaluated: list[Evaluated] = []
+    cache: dict[frozenset, Evaluated] = {}
+
+    def evaluate(float_set: set[str], phase: str) -> Evaluated:
+        key = frozenset(float_set)
+        if key in cache:
+            return cache[key]
+        cfg = a.config.with_layers({**base_layers, **{n: "fp16" for n in float_set}})
+        r = simulate_config(a, cfg)
+        e = Evaluated(len(evaluated), [n for n in names if n in float_set], r.metric, r.drop,
+                      costs.latency_ms(a, float_set), costs.size_bytes(float_set), phase)  # fmt: skip
+        evaluated.append(e)
+        cache[key] = e
+        say(f"config {e.config_id}: {len(float_set)} float layer(s), drop {e.drop:.2f}, {objective} "
+            f"{e.latency_ms:.3f} ms / {e.size_bytes / 1e6:.3f} MB ({phase})")  # fmt: skip
+        return e
+
+    # the analysis already measured the all-int8 metric and each layer's recovery
+    rows = {r.layer: r for r in a.sens.rows}
+    start = evaluate(set(), "all int8")
+    notes = []
+    if start.drop <= max_drop:
+        chosen = start
+    else:
+        def score(n: str) -> float:
+            gain = max(rows[n].metric_drop_all_but, 0.0) + 1e-6 * max(rows[n].metric_drop, 0.0)
+            return gain / max(costs.delta(n, objective), 1e-9)
+
+        order = sorted(names, key=lambda n: -score(n))
+        # shortest prefix meeting the budget: exponential then binary search
+        lo, hi, k = 0, None, 1
+        while hi is None:
+            k = min(k, len(order))
+            if evaluate(set(order[:k]), "grow").drop <= max_drop:
+                hi = k
+            elif k == len(order):
+                hi = None
+                break
+            else:
+                lo, k = k, k * 2
+        if hi is None:
+            notes.append(f"even with every layer in float the drop exceeds {max_drop} points")
+            chosen = evaluate(set(order), "grow")
+        else:
+            while hi - lo > 1:
+                mid = (lo + hi) // 2
+                if evaluate(set(order[:mid]), "bisect").drop <= max_drop:
+                    hi = mid
+                else:
+                    lo = mid
+            current = set(order[:hi])
+            # try re-quantizing what is no longer needed, least useful first
+            for n in sorted(current, key=score):
+                if len(current) == 1:
+                    break
+                trial = current - {n}
+                if evaluate(trial, "prune").drop <= max_drop:
+                    current = trial
+            chosen = cache[frozenset(current)]
+    chosen_cfg = a.config.with_layers({**base_layers, **{n: "fp16" for n in chosen.float_layers}})
+    measured = std = int8_ms = fp32_ms = None
+    if measure:
+        say("building and timing the chosen engine")
+        x1 = first_sample(a.workload.evaluation[0][0])
+        path = wd / "chosen_int8.onnx"
+        build_int8_engine(a.qgraph, a.sim, a.sim.plan(chosen_cfg), path, a.workload.calibration[0])
+        s = session(path)
+        lat = time_calls(lambda: run_session(s, x1), 1, repeats=50)
+        measured, std = lat.mean_ms, lat.std_ms
+        s8 = session(wd / "search_int8.onnx")
+        int8_ms = time_calls(lambda: run_session(s8, x1), 1, repeats=50).mean_ms
+        sf = session(a.qgraph.float_path)
+        fp32_ms = time_calls(lambda: run_session(sf, x1), 1, repeats=50).mean_ms
+    return SearchResult(
+        chosen=chosen_cfg,
+        chosen_id=chosen.config_id,
+        evaluated=evaluated,
+        n_layers=len(names),
+        n_evaluations=len(evaluated),
+        max_drop=max_drop,
+        objective=objective,
+        predicted_latency_ms=chosen.latency_ms,
+        measured_latency_ms=measured,
+        measured_latency_std_ms=std,
+        int8_latency_ms=int8_ms,
+        fp32_latency_ms=fp32_ms,
+        seconds=time.perf_counter() - t0,
+        met_budget=chosen.drop <= max_drop,
+        notes=notes,
+    )
