@@ -51,12 +51,12 @@ def check_config(config: Config, qg: QuantGraph) -> None:
         if name not in known:
             qg.layer(name)  # raises ConfigError with suggestions
     if config.fixes:
-        from .fixes import FIXES
+        from .fixes import FIXES, list_fixes
 
+        avail = list_fixes()
         for f in config.fixes:
             if f not in FIXES:
-                avail = ", ".join(FIXES) or "none in this version"
-                raise ConfigError(f"unknown fix {f!r}; available: {avail}")
+                raise ConfigError(f"unknown fix {f!r}; available: {', '.join(avail) or 'none in this version'}")
 
 
 def per_class_frame(wl: Workload, fp: torch.Tensor, q: torch.Tensor) -> pd.DataFrame | None:
@@ -124,6 +124,7 @@ class Analysis:
     per_class: pd.DataFrame | None
     flips: pd.DataFrame | None
     timings: dict[str, float] = field(default_factory=dict)
+    fix_notes: list[str] = field(default_factory=list)
 
     @property
     def fp32_metric(self) -> float:
@@ -176,6 +177,8 @@ class Analysis:
             "sensitivity_node_runs_naive": self.sens.nodes_naive,
             "n_outlier_channels": len(self.outliers),
             "float_tensors": self.sim.plan(self.config).float_tensors(self.qgraph),
+            "fixes": list(self.config.fixes),
+            "fix_notes": self.fix_notes,
             "timings_s": self.timings,
             "versions": library_versions(),
         }
@@ -186,6 +189,31 @@ class Analysis:
             s["per_class_worst"] = {"class": str(worst["class"]), "delta": float(worst["delta"])}
             s["n_flipped"] = int(len(self.flips)) if self.flips is not None else 0
         return s
+
+
+def prepare_simulator(
+    workload: Workload, qg: QuantGraph, config: Config, *, progress: Progress | None = None
+) -> tuple[Simulator, dict[str, TensorStats], list[str], torch.Tensor | None]:
+    """Calibrate (after the config's fixes, if any) and build the Simulator.
+
+    Returns (simulator, stats, fix notes, original FP32 outputs when the fixes changed the float
+    model so that its own FP32 is no longer the reference, else None)."""
+    if not config.fixes:  # histograms always: they feed the Distributions page and the previews
+        stats = collect_stats(qg.program, workload.calibration, qg.quantized_tensors, histograms=True)
+        return Simulator(qg, stats, config.scheme), stats, [], None
+    from .fixes import FIXES, apply_fixes
+
+    fixed = apply_fixes(workload, qg, config, progress=progress)
+    sim = Simulator(fixed.qg, fixed.stats, config.scheme)
+    sim.overrides.update(fixed.act_ranges)
+    sim.weight_qparams_override.update(fixed.weight_qparams)
+    reference = None
+    if any(not FIXES[f].preserves_fp32 for f in fixed.applied):
+        with torch.inference_mode():
+            reference = torch.cat(
+                [qg.program.run(dict(zip(qg.input_names, x)))[qg.program.outputs[0]].float() for x, _ in workload.evaluation]
+            )
+    return sim, fixed.stats, fixed.notes, reference
 
 
 def analyze(
@@ -212,18 +240,21 @@ def analyze(
         timings["baseline"] = time.perf_counter() - t
     t = time.perf_counter()
     say(f"calibrating {len(qg.quantized_tensors)} tensors on {workload.n_calib} samples ({config.scheme.activations.calibration})")
-    stats = collect_stats(qg.program, workload.calibration, qg.quantized_tensors)
-    timings["calibration"] = time.perf_counter() - t
-    sim = Simulator(qg, stats, config.scheme)
+    sim, stats, fix_notes, reference = prepare_simulator(workload, qg, config, progress=say)
+    qg = sim.qg
+    timings["calibration_and_fixes"] = time.perf_counter() - t
     t = time.perf_counter()
     say(f"simulating {len(qg.layers)} layers on {workload.n_eval} evaluation samples")
     sens = analyze_layers(workload, sim, config, progress=say)
+    if reference is not None:  # fixes changed the float weights: FP32 means the original model
+        sens.rebase(workload.score(reference), reference)
     timings["sensitivity"] = time.perf_counter() - t
     t = time.perf_counter()
     outl, summaries = find_outliers(sim, stats)
     recommend(workload, sim, config, sens, summaries, stats, max_previews=previews, progress=say)
     timings["outliers_and_recommendations"] = time.perf_counter() - t
     return Analysis(
+        fix_notes=fix_notes,
         workload=workload,
         config=config,
         qgraph=qg,

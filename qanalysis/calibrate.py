@@ -168,36 +168,55 @@ def _mse_range(st: TensorStats, qr: QRange, symmetric: bool) -> tuple[float, flo
     return best
 
 
+def _kl_threshold(side: torch.Tensor, n_levels: int) -> int:
+    """TensorRT's entropy calibration on a one-sided histogram (bin 0 at zero): the number of
+    bins ``i`` minimizing KL(P ‖ Q), P = side[:i] with the clipped mass folded into its last
+    bin, Q = side[:i] (unclipped) merged into ``n_levels`` groups, each group's mass spread
+    evenly over its non-empty bins."""
+    n_bins = len(side)
+    side = side.clone()
+    side[0] = 0.0  # the spike of exact zeros (ReLU) would drown every other bin's contribution
+    if n_bins <= n_levels or side.sum() <= 0:
+        return n_bins
+    best_i, best_kl = n_bins, math.inf
+    tail = torch.flip(torch.cumsum(torch.flip(side, [0]), 0), [0])  # tail[i] = side[i:].sum()
+    for i in range(n_levels, n_bins + 1, max(1, (n_bins - n_levels) // 256)):
+        ref = side[:i]
+        p = ref.clone()
+        if i < n_bins:
+            p[-1] += tail[i]
+        gidx = torch.div(torch.arange(i) * n_levels, i, rounding_mode="floor")
+        nz = (ref > 0).double()
+        mass = torch.zeros(n_levels, dtype=torch.float64).index_add_(0, gidx, ref)
+        count = torch.zeros(n_levels, dtype=torch.float64).index_add_(0, gidx, nz)
+        q = torch.where(ref > 0, mass[gidx] / count[gidx].clamp(min=1), torch.zeros_like(ref))
+        pn, qn = p / p.sum(), q / q.sum().clamp(min=1e-30)
+        m = pn > 0
+        kl = float((pn[m] * torch.log(pn[m] / qn[m].clamp(min=1e-12))).sum())
+        if kl < best_kl:
+            best_i, best_kl = i, kl
+    return best_i
+
+
 def _entropy_range(st: TensorStats, qr: QRange, symmetric: bool) -> tuple[float, float]:
-    """argmin over clipping candidates of KL(P ‖ Q), P the histogram, Q its quantized version
-    (TensorRT's entropy calibration: clipped mass folded into the edge bins, each grid cell's
-    mass spread evenly over the non-empty bins it covers)."""
-    x, p_full = st.bin_centers(), st.hist.double()
-    total = p_full.sum()
-    if total <= 0:
+    """Entropy (KL) calibration, each side of zero searched on its own (an outlier on one side
+    must not clip the other); a side gets the share of the grid's levels it would use."""
+    h = st.hist.double()
+    if h.sum() <= 0 or st.max <= st.min:
         return st.min, st.max
-    best, best_kl = (st.min, st.max), math.inf
-    for lo, hi in _candidates(st, 64):
-        inside = (x >= lo) & (x <= hi)
-        if inside.sum() < 2:
-            continue
-        p = torch.where(inside, p_full, torch.zeros_like(p_full))
-        first, last = int(inside.nonzero()[0]), int(inside.nonzero()[-1])
-        p[first] += p_full[:first].sum()
-        p[last] += p_full[last + 1 :].sum()
-        s, z = compute_scale_zp(torch.tensor(lo), torch.tensor(hi), qr, symmetric)
-        cell = torch.clamp(torch.round(x / s.double()) + z, qr.qmin, qr.qmax).long() - qr.qmin
-        n_cells = qr.qmax - qr.qmin + 1
-        nz = (p > 0).double()
-        cell_mass = torch.zeros(n_cells, dtype=torch.float64).index_add_(0, cell, p)
-        cell_bins = torch.zeros(n_cells, dtype=torch.float64).index_add_(0, cell, nz)
-        q = torch.where(p > 0, cell_mass[cell] / cell_bins[cell].clamp(min=1), torch.zeros_like(p))
-        pn, qn = p / p.sum(), q / q.sum()
-        mask = pn > 0
-        kl = float((pn[mask] * torch.log(pn[mask] / qn[mask].clamp(min=1e-12))).sum())
-        if kl < best_kl - 1e-12:
-            best, best_kl = (lo, hi), kl
-    return best
+    width = (st.max - st.min) / BINS
+    zero_bin = min(BINS, max(0, int(round(-st.min / width))))
+    n_levels = qr.qmax - qr.qmin + 1
+    lo, hi = st.min, st.max
+    if zero_bin < BINS and st.max > 0:
+        pos = h[zero_bin:]
+        levels = n_levels if st.min >= 0 else n_levels // 2
+        hi = min(st.max, _kl_threshold(pos, levels) * width)
+    if zero_bin > 0 and st.min < 0:
+        neg = torch.flip(h[:zero_bin], [0])
+        levels = n_levels if st.max <= 0 else n_levels // 2
+        lo = max(st.min, -_kl_threshold(neg, levels) * width)
+    return lo, hi
 
 
 CALIBRATORS: dict[str, Callable[..., tuple[float, float]]] = {

@@ -78,6 +78,16 @@ def _overrides(sim, plan) -> dict[str, list[dict[str, Any]]]:
         if qp is None:
             continue
         out[t] = [{"scale": np.array(float(qp.scale), dtype=np.float32), "zero_point": _np_zero_point(int(qp.zero_point), a.symmetric)}]
+    w_sym = sim.scheme.weights.symmetric
+    for name, qp in sim.weight_qparams_override.items():  # exact weight grids (AdaRound)
+        zdt = np.int8 if w_sym else np.uint8
+        if qp.axis is not None and qp.scale.dim() == 1:
+            chans = [{"scale": np.array(float(s), dtype=np.float32), "zero_point": np.array(int(z), dtype=zdt)}
+                     for s, z in zip(qp.scale.tolist(), qp.zero_point.tolist())]  # fmt: skip
+            chans[0]["axis"] = int(qp.axis)
+            out[name] = chans
+        else:
+            out[name] = [{"scale": np.array(float(qp.scale), dtype=np.float32), "zero_point": np.array(int(qp.zero_point), dtype=zdt)}]
     return out
 
 

@@ -25,7 +25,6 @@ from onnx import helper
 
 from . import metrics as M
 from .baseline import first_sample, peak_memory_bytes, time_calls
-from .calibrate import collect_stats
 from .engine import attribute_to_layers, build_dynamic_engine, build_fp16_engine, build_int8_engine, profile_nodes, run_session, session
 from .errors import ExportError
 from .graph import prepare
@@ -70,6 +69,7 @@ class ExportReport:
     rewired_edges: list[list[str]] = field(default_factory=list)
     speed: dict[str, Any] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)
+    fix_notes: list[str] = field(default_factory=list)
     timings_s: dict[str, float] = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)
 
@@ -234,7 +234,7 @@ def export(
     check_layers: bool = True,
 ) -> ExportReport:
     """Build and verify the engines for ``config``; files go to ``out``."""
-    from .analysis import check_config
+    from .analysis import check_config, prepare_simulator
 
     config = config or Config()
     say = progress or (lambda m: None)
@@ -247,22 +247,22 @@ def export(
     check_config(config, qg)
     timings["export_and_plan"] = time.perf_counter() - t
     t = time.perf_counter()
-    say(f"calibrating ({config.scheme.activations.calibration})")
-    hist = config.scheme.activations.calibration != "minmax"
-    stats = collect_stats(qg.program, wl.calibration, qg.quantized_tensors, histograms=hist)
+    say(f"calibrating ({config.scheme.activations.calibration})" + (f" and applying {', '.join(config.fixes)}" if config.fixes else ""))
     scheme = config.scheme
     if mode == "dynamic":
         scheme = Scheme(weights=scheme.weights, activations=ActivationSpec(**{**scheme.activations.__dict__, "dynamic": True}))
-    sim = Simulator(qg, stats, scheme)
     sim_config = Config(scheme=scheme, layers=config.layers, fixes=config.fixes)
+    original = qg
+    sim, _, fix_notes, _ = prepare_simulator(wl, qg, sim_config, progress=say)
+    qg = sim.qg  # the fixed graph: its weights are what the engine carries
     if mode == "fp16":
         sim_config = Config(scheme=scheme, layers={l.name: "fp16" for l in qg.layers})
     plan = sim.plan(sim_config)
     timings["calibration"] = time.perf_counter() - t
 
-    fp32_path = out / "model_fp32.onnx"
+    fp32_path = out / "model_fp32.onnx"  # the original float model: the FP32 reference
     tmp = fp32_path.with_name(f".{fp32_path.name}.tmp-{os.getpid()}")
-    shutil.copyfile(qg.float_path, tmp)
+    shutil.copyfile(original.float_path, tmp)
     os.replace(tmp, fp32_path)
     t = time.perf_counter()
     say(f"building the {mode} engine")
@@ -331,6 +331,7 @@ def export(
         rewired_edges=[list(e) for e in build.rewired_edges] if build else [],
         speed=speed,
         config=sim_config.to_dict(),
+        fix_notes=fix_notes,
         timings_s=timings,
         files={"fp32": fp32_path.name, "engine": eng_path.name},
     )

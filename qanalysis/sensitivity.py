@@ -100,6 +100,17 @@ class SensitivityResult:
     def drop(self) -> float:
         return self.fp32_metric - self.int8_metric
 
+    def rebase(self, fp32_metric: float, fp32_outputs: torch.Tensor) -> None:
+        """Measure drops against another FP32 reference (the original model, before fixes)."""
+        self.fp32_metric, self.fp32_outputs = fp32_metric, fp32_outputs
+        for r in self.rows:
+            r.metric_drop = fp32_metric - r.metric_only
+            o = self.only_outputs[r.layer]
+            r.e2e_sqnr_db = M.sqnr_db(fp32_outputs, o)
+            if r.e2e_kl == r.e2e_kl:  # not NaN: classification
+                r.e2e_kl = M.kl_divergence(fp32_outputs, o)
+        self.proxy_correlation = proxy_correlation(self.rows)
+
     def to_frame(self) -> pd.DataFrame:
         return pd.DataFrame([r.__dict__ for r in self.rows])
 

@@ -105,6 +105,7 @@ class Simulator:
         self._wqp: dict[tuple, QParams] = {}
         self.overrides: dict[str, tuple[float, float]] = {}  # tensor → forced [rmin, rmax]
         self.weight_overrides: dict[str, torch.Tensor] = {}  # initializer → replaced float value
+        self.weight_qparams_override: dict[str, QParams] = {}  # initializer → exact (s, z) (AdaRound)
         layer_nodes = set(qg.by_node)
         self._origin: dict[str, Layer | None] = {}
         self._reach: dict[int, tuple[set[int], bool]] = {}
@@ -182,7 +183,11 @@ class Simulator:
         kind = key[0]
         if kind == "w":
             _, name, bits = key
-            wq, qp = quantize_weight(self._float_weight(name), self.scheme.weights, self.qg.weight_axis.get(name), bits)
+            if name in self.weight_qparams_override and bits == self.scheme.weights.bits:
+                qp = self.weight_qparams_override[name]
+                wq = fake_quant(self._float_weight(name), qp)
+            else:
+                wq, qp = quantize_weight(self._float_weight(name), self.scheme.weights, self.qg.weight_axis.get(name), bits)
             self._wqp[(name, bits)] = qp
             v = wq
         elif kind == "b":
