@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup app test bench clean
+.PHONY: setup app test bench screenshots clean
 
 setup: $(STAMP)
 
@@ -21,7 +21,11 @@ test: setup
 	$(BIN)/python -m pytest -q
 
 bench: setup
-	$(BIN)/python bench/run.py
+	$(BIN)/python bench/analyze_speed.py
+	$(BIN)/python bench/engine_speed.py
+
+screenshots: setup
+	$(BIN)/python scripts/screenshots.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

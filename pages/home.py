@@ -1,0 +1,181 @@
+"""Summary: will INT8 hurt this model? The verdict, the cards, who pays for the drop."""
+
+from __future__ import annotations
+
+import numpy as np
+import streamlit as st
+
+from pages._shared import (
+    analysis_key,
+    current_analysis,
+    fmt_ms,
+    frames,
+    human_bytes,
+    page_header,
+    ranked_layers,
+    short_name,
+    simulate_all_fp32,
+    simulate_float,
+    summary,
+    table,
+    verdict_banner,
+)
+from qanalysis import figures
+
+MAX_IMAGES = 6
+
+
+def to_uint8_image(x: np.ndarray, size: int = 96) -> np.ndarray:
+    """[C, H, W] or [H, W] floats → [H, W] or [H, W, 3] uint8, min-max scaled for display;
+    small images are enlarged by pixel repetition so 8×8 digits stay crisp."""
+    x = np.asarray(x, dtype=np.float32)
+    if x.ndim == 3:
+        x = x[0] if x.shape[0] == 1 else np.moveaxis(x[:3], 0, -1)
+    lo, hi = float(x.min()), float(x.max())
+    x = (x - lo) / (hi - lo) if hi > lo else np.zeros_like(x)
+    img = np.round(x * 255).astype(np.uint8)
+    k = max(1, size // max(img.shape[0], 1))
+    return img.repeat(k, axis=0).repeat(k, axis=1)
+
+
+def eval_input(wl, index: int) -> np.ndarray:
+    """The first model input of evaluation sample ``index`` (batches concatenated in order)."""
+    for inputs, _ in wl.evaluation:
+        n = int(inputs[0].shape[0])
+        if index < n:
+            return inputs[0][index].numpy()
+        index -= n
+    raise IndexError(index)
+
+
+def is_image_workload(wl) -> bool:
+    return bool(wl.images) or wl.evaluation[0][0][0].dim() == 4
+
+
+a = current_analysis()
+key = analysis_key()
+s = summary(key, a)
+f = frames(key, a)
+wl = a.workload
+page_header(f"Will INT8 hurt {short_name(wl.name)}?", a)
+if wl.description:
+    st.caption(wl.description)
+
+verdict_banner(s["verdict"], s["drop"])
+
+c = st.columns(4)
+c[0].metric(f"FP32 {wl.metric_name}", f"{s['fp32_metric']:.2f}", border=True)
+c[1].metric(
+    f"INT8 {wl.metric_name}, simulated",
+    f"{s['int8_metric']:.2f}",
+    border=True,
+    delta=None if round(s["drop"], 2) == 0 else f"{-s['drop']:+.2f} points",
+)
+c[2].metric(
+    "Drop (points)",
+    f"{s['drop']:.2f}",
+    border=True,
+    help="FP32 metric minus the fully quantized metric",
+)
+flipped = s.get("n_flipped")
+c[3].metric(
+    "Flipped predictions",
+    "n/a" if flipped is None else f"{flipped} / {wl.n_eval}",
+    border=True,
+    help="evaluation samples whose predicted class changes under INT8 (classification only)",
+)
+
+b = s.get("baseline") or {}
+int8 = simulate_float(key, [], a)
+fp32 = simulate_all_fp32(key, a)
+c = st.columns(4)
+c[0].metric("FP32 model, ONNX file", human_bytes(b.get("onnx_bytes")), border=True)
+c[1].metric(
+    "INT8 weights, simulated",
+    human_bytes(int8.weight_bytes),
+    border=True,
+    delta_color="off",
+    delta=f"{fp32.weight_bytes / max(int8.weight_bytes, 1):.1f}× smaller than FP32",
+    delta_arrow="off",
+    help=f"the quantizable layers' weights: {human_bytes(fp32.weight_bytes)} in FP32, INT8 packed",
+)
+for col, name, lat in [
+    (c[2], "ONNX Runtime", b.get("ort_latency_b1")),
+    (c[3], "PyTorch", b.get("torch_latency_b1")),
+]:
+    col.metric(
+        f"FP32 latency, {name}",
+        fmt_ms(lat),
+        border=True,
+        delta_color="off",
+        delta_arrow="off",
+        delta=f"± {lat['std_ms']:.2g} ms over {lat['repeats']} runs" if lat else None,
+        help="ms per sample at batch 1 (mean ± std); the INT8 engine's latency comes with the export",
+    )
+
+st.subheader("Most sensitive layers")
+layers = f["layers"]
+top = ranked_layers(layers).head(5)
+table(
+    top[
+        ["layer", "op_type", "metric_drop", "metric_drop_all_but", "e2e_sqnr_db", "recommendation"]
+    ],
+    "top_layers",
+)
+st.page_link(
+    "pages/layers.py", label="All layers, SQNR and proxies", icon=":material/arrow_forward:"
+)
+
+st.subheader("Who pays for the drop")
+per_class, flips = f["per_class"], f["flips"]
+if per_class is None:
+    st.info(
+        f"Per-class deltas and flipped predictions apply to classification workloads; this one is {wl.task}."
+    )
+else:
+    left, right = st.columns([3, 2])
+    with left:
+        st.plotly_chart(figures.per_class_bars(per_class), key="per_class_chart")
+        with st.expander("Per-class table"):
+            table(per_class, "per_class")
+    with right:
+
+        def label(i: int) -> str:
+            names = wl.class_names
+            return names[i] if names and 0 <= i < len(names) else str(i)
+
+        if flips is None or flips.empty:
+            st.success(
+                f"No flipped predictions: FP32 and INT8 agree on all {wl.n_eval} evaluation samples."
+            )
+        else:
+            st.markdown(f"**{len(flips)} flipped predictions** (FP32 → INT8)")
+            shown = flips.assign(
+                target=flips["target"].map(label),
+                fp32_pred=flips["fp32_pred"].map(label),
+                int8_pred=flips["int8_pred"].map(label),
+            )
+            table(shown, "flips", height=260)
+            if is_image_workload(wl):
+                sample = flips.head(MAX_IMAGES)
+                st.image(
+                    [to_uint8_image(eval_input(wl, int(i))) for i in sample["index"]],
+                    caption=[
+                        f"#{i}: {label(int(p))} → {label(int(q))}"
+                        for i, p, q in zip(
+                            sample["index"], sample["fp32_pred"], sample["int8_pred"]
+                        )
+                    ],
+                    width=96,
+                )
+
+with st.expander("Run details"):
+    t = s.get("timings_s", {})
+    st.caption(" · ".join(f"{k.replace('_', ' ')} {v:.1f} s" for k, v in t.items()))
+    if b:
+        st.caption(
+            f"FP32 metric in PyTorch {b['torch_metric']:.2f}, in ONNX Runtime {b['onnx_metric']:.2f} "
+            f"(max |Δ output| {b['onnx_max_abs_diff']:.1e}); batch {b['ort_latency_batch']['batch']}: "
+            f"ORT {fmt_ms(b['ort_latency_batch'])}, PyTorch {fmt_ms(b['torch_latency_batch'])} per sample"
+        )
+    st.caption(" · ".join(f"{k} {v}" for k, v in s.get("versions", {}).items()))

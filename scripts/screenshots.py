@@ -1,0 +1,160 @@
+"""Regenerate docs/screenshots/<page>.png: each dashboard page, served by `streamlit run`
+and rendered in headless Chromium (Debian's, no browser download).
+
+    .venv/bin/python scripts/screenshots.py [--model sample:digits_vit] [--out docs/screenshots]
+
+Each PNG is the page's full height at 1400 px wide, reduced to a 256-colour palette so it
+stays small (< 400 KB) in the repository.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
+# Sidebar link text → (file name, text shown once the page has rendered).
+PAGES = {
+    "Summary": ("summary", "Most sensitive layers"),
+    "Layer error": ("layer_error", "All layers"),
+    "Distributions": ("distributions", "Outlier channels, all layers"),
+    "Fixes": ("fixes", "Where a fix would help"),
+    "Mixed precision": ("mixed_precision", "What keeping each layer in float recovers"),
+    "Export": ("export", "Analysis files"),
+}
+WIDTH = 1400
+MAX_BYTES = 400_000
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"streamlit exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2):
+                return
+        except OSError:
+            time.sleep(0.3)
+    raise SystemExit(f"streamlit did not answer on {url}")
+
+
+def shrink(png: bytes) -> bytes:
+    """256-colour palette PNG: screenshots are flat UI colours, so this is nearly lossless."""
+    from PIL import Image
+
+    im = Image.open(io.BytesIO(png)).convert("RGB")
+    out = io.BytesIO()
+    im.quantize(colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE).save(
+        out, "PNG", optimize=True
+    )
+    return out.getvalue()
+
+
+def full_height_screenshot(page) -> bytes:
+    """Streamlit scrolls inside its main container, so grow the viewport to the content's height."""
+    height = page.evaluate(
+        """() => { const m = document.querySelector('[data-testid="stMain"]');
+                   const b = m && m.querySelector('[data-testid="stMainBlockContainer"]');
+                   return Math.ceil(Math.max(b ? b.scrollHeight + 120 : 0, m ? m.scrollHeight : 0, 900)); }"""
+    )
+    page.set_viewport_size({"width": WIDTH, "height": min(int(height), 6000)})
+    page.wait_for_timeout(800)  # plotly re-lays out on resize
+    png = page.screenshot()
+    page.set_viewport_size({"width": WIDTH, "height": 1000})
+    return png
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument(
+        "--model",
+        default="sample:digits_vit",
+        help="MODEL to open the dashboard on (sample:NAME or a spec path)",
+    )
+    ap.add_argument("--out", type=Path, default=ROOT / "docs" / "screenshots")
+    args = ap.parse_args(argv)
+    exe = shutil.which("chromium") or "/usr/bin/chromium"
+    if not Path(exe).exists():
+        print("error: Chromium not found (apt-get install chromium)", file=sys.stderr)
+        return 2
+    from playwright.sync_api import sync_playwright
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    cmd = [
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        "app.py",
+        "--server.address",
+        "127.0.0.1",
+        "--server.port",
+        str(port),
+        "--server.headless",
+        "true",
+    ]
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    try:
+        wait_healthy(url, proc)
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=exe, args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport={"width": WIDTH, "height": 1000})
+            page.goto(f"{url}/?{urllib.parse.urlencode({'model': args.model})}")
+            page.get_by_text("Verdict:").first.wait_for(timeout=180_000)
+            nav = page.locator('[data-testid="stSidebarNav"]')
+            for title, (name, marker) in PAGES.items():
+                nav.get_by_role("link", name=title).click()
+                page.get_by_text(marker, exact=True).first.wait_for(timeout=120_000)
+                page.wait_for_load_state("networkidle")
+                page.wait_for_timeout(1500)
+                if page.locator('[data-testid="stException"]').count():
+                    raise SystemExit(f"{title}: the page shows an exception")
+                png = shrink(full_height_screenshot(page))
+                (args.out / f"{name}.png").write_bytes(png)
+                note = "" if len(png) <= MAX_BYTES else f"  (over {MAX_BYTES // 1000} KB)"
+                print(f"{args.out / f'{name}.png'}: {len(png) // 1000} KB{note}")
+                if title == "Layer error":
+                    # Keep the most sensitive layer (the one the page opens on) in FP16, so the
+                    # Mixed precision and Export pages show a choice made on another page.
+                    page.get_by_role("button", name="Keep in FP16").click()
+                    page.get_by_role("button", name="Back to INT8").wait_for(timeout=60_000)
+            browser.close()
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
