@@ -275,14 +275,16 @@ def _name_layers(prog: Program, layers: list[Layer], model: torch.nn.Module, sco
         name = ""
         w = l.weight
         mod, leaf = _module_of(node, modules, scopes_by_name)
-        if w and w.endswith(".weight") and w in param_names and node.op in _LEAF_OPS:
-            name = w[: -len(".weight")]
+        # The exporter's module scope first: weight names can mislead (the ONNX optimizer merges
+        # identical initializers, e.g. every LayerNorm weight of a freshly initialized BERT).
+        if leaf and node.op in _LEAF_OPS:
+            name = mod
+        elif w and w.endswith(".weight") and w in param_names and node.op in _LEAF_OPS:
+            name = w[: -len(".weight")]  # a conv with a folded BatchNorm is scoped to the BN
+        if leaf:
+            l.module = mod
+        elif name:
             l.module = name
-        else:
-            if leaf and node.op in _LEAF_OPS:
-                name = mod
-            if leaf:
-                l.module = mod
         if not name:
             op = node.op.lower()
             key = f"{mod}:{op}"
@@ -349,8 +351,9 @@ def read_plan(qdq: onnx.ModelProto, prog: Program) -> tuple[dict, dict, set, set
                 kind = dq[i]
                 if kind[0] == "act":
                     edges.add((fn.index, pos))
-                else:
-                    weights.setdefault(fn.index, []).append((pos, kind[1], kind[2], kind[3]))
+                else:  # the float graph's own initializer at that input (ORT may rename its copy)
+                    fname = fn.inputs[pos] if pos < len(fn.inputs) and fn.inputs[pos] in prog.initializers else kind[1]
+                    weights.setdefault(fn.index, []).append((pos, fname, kind[2], kind[3]))
     output_quant = {t for t, _ in q_of.values() if t in set(prog.outputs)}
     return act_owner, weights, edges, output_quant, {}
 

@@ -406,6 +406,37 @@ def _gather(args, a):
     return out.reshape(list(x.shape[:axis]) + list(idx.shape) + list(x.shape[axis + 1 :]))
 
 
+def _gather_nd(args, a):
+    data, idx = args[0], args[1].long()
+    b = a.get("batch_dims", 0)
+    k = idx.shape[-1]
+    bshape = list(data.shape[:b])
+    nb = int(np.prod(bshape)) if bshape else 1
+    d = data.reshape(nb, *data.shape[b:])
+    ix = idx.reshape(nb, -1, k)
+    ix = torch.where(ix < 0, ix + torch.tensor(d.shape[1 : 1 + k]), ix)
+    bi = torch.arange(nb).reshape(nb, 1).expand(nb, ix.shape[1])
+    out = d[(bi, *[ix[..., j] for j in range(k)])]
+    return out.reshape(*bshape, *idx.shape[b:-1], *data.shape[b + k :])
+
+
+def _scatter_nd(args, a):
+    data, idx, upd = args[0].clone(), args[1].long(), args[2]
+    k = idx.shape[-1]
+    flat_idx = idx.reshape(-1, k)
+    flat_upd = upd.reshape(-1, *data.shape[k:])
+    red = a.get("reduction", "none")
+    for i in range(flat_idx.shape[0]):
+        key = tuple(flat_idx[i].tolist())
+        if red == "add":
+            data[key] += flat_upd[i]
+        elif red == "mul":
+            data[key] *= flat_upd[i]
+        else:
+            data[key] = flat_upd[i]
+    return data
+
+
 def _cast(args, a):
     return args[0].to(_DTYPES[a["to"]])
 
@@ -610,6 +641,18 @@ OPS: dict[str, Callable[[list, dict], Any]] = {
     "Slice": _slice,
     "Gather": _gather,
     "GatherElements": lambda args, a: torch.gather(args[0], a.get("axis", 0), args[1].long()),
+    "GatherND": _gather_nd,
+    "ScatterND": _scatter_nd,
+    "IsNaN": _un(torch.isnan),
+    "IsInf": _un(torch.isinf),
+    "Xor": _bin(torch.logical_xor),
+    "BitwiseAnd": _bin(torch.bitwise_and),
+    "BitwiseOr": _bin(torch.bitwise_or),
+    "Atan": _un(torch.atan),
+    "Selu": lambda args, a: F.selu(args[0]),
+    "PRelu": lambda args, a: torch.where(args[0] >= 0, args[0], args[0] * args[1]),
+    "OneHot": lambda args, a: _one_hot(args, a),
+    "NonZero": lambda args, a: torch.stack(torch.nonzero(args[0], as_tuple=True)).long(),
     "Shape": _shape,
     "Size": lambda args, a: torch.tensor(args[0].numel(), dtype=torch.int64),
     "ConstantOfShape": _constant_of_shape,
@@ -637,6 +680,15 @@ OPS: dict[str, Callable[[list, dict], Any]] = {
     "Resize": _resize,
     "Pad": _pad,
 }
+
+
+def _one_hot(args, a):
+    idx, depth, values = args[0].long(), int(args[1]), args[2]
+    axis = a.get("axis", -1)
+    idx = torch.where(idx < 0, idx + depth, idx)
+    oh = F.one_hot(idx.clamp(0, depth - 1), depth).to(values.dtype)
+    out = oh * (values[1] - values[0]) + values[0]
+    return out.movedim(-1, axis) if axis != -1 else out
 
 
 def _prod(x: torch.Tensor, axes: list[int], keep: bool) -> torch.Tensor:

@@ -1,0 +1,24 @@
+"""A Hugging Face transformer (two inputs, attention masks, GELU, LayerNorm, pooler) end to end."""
+
+import pytest
+
+from conftest import SPECS
+
+pytest.importorskip("transformers")
+
+
+def test_hf_bert_analyze_and_export(tmp_path):
+    from qanalysis.analysis import analyze
+    from qanalysis.export import export
+    from qanalysis.workload import load_spec
+
+    wl = load_spec(SPECS / "hf_bert.py")
+    a = analyze(wl, baseline=False, previews=0)
+    names = set(a.layers_frame()["layer"])
+    for n in ["bert.encoder.layer.0.attention.self.query", "bert.encoder.layer.1.output.LayerNorm",
+              "bert.encoder.layer.0.attention.self:softmax", "classifier"]:  # fmt: skip
+        assert n in names, n
+    rep = export(wl, a.config, tmp_path, repeats=3)
+    assert rep.sim_engine_gap <= 0.3
+    assert abs(rep.simulated_metric - a.int8_metric) < 1e-9
+    assert not rep.disagreements
