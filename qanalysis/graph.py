@@ -20,6 +20,8 @@ import ast
 import contextlib
 import io
 import logging
+import os
+import shutil
 import tempfile
 import warnings
 from dataclasses import dataclass, field
@@ -401,6 +403,42 @@ _ORT_QUANT_OPS = _ort_quant_ops()
 _CACHE: dict[tuple, QuantGraph] = {}
 
 
+def _disk_cache(workload: Workload, scheme: Scheme) -> Path | None:
+    """~/.cache/qanalysis/<hash of weights, input shapes, scheme flags, versions>: the export,
+    pre-processing and plan of a model are reused across processes (the dashboard's first load).
+    ``QANALYSIS_CACHE=0`` turns it off."""
+    import hashlib
+    import os
+
+    root = os.environ.get("QANALYSIS_CACHE", str(Path.home() / ".cache" / "qanalysis"))
+    if root in ("0", "", "off"):
+        return None
+    import onnxruntime
+
+    h = hashlib.sha1()
+    h.update(f"{type(workload.model).__module__}.{type(workload.model).__qualname__}".encode())
+    for k, v in workload.model.state_dict().items():
+        h.update(k.encode())
+        h.update(str((tuple(v.shape), str(v.dtype))).encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    for t in workload.calibration[0]:
+        h.update(str((tuple(t.shape[1:]), str(t.dtype))).encode())
+    h.update(repr((scheme.activations.symmetric, scheme.weights.symmetric, scheme.weights.granularity == "per_tensor",
+                   torch.__version__, onnx.__version__, onnxruntime.__version__, OPSET, 2)).encode())  # fmt: skip
+    return Path(root) / h.hexdigest()[:24]
+
+
+def _store(dst: Path, files: list[Path]) -> None:
+    try:
+        tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
+        tmp.mkdir(parents=True, exist_ok=True)
+        for f in files:
+            shutil.copyfile(f, tmp / f.name)
+        os.replace(tmp, dst)
+    except OSError:
+        shutil.rmtree(dst.with_name(f".{dst.name}.tmp-{os.getpid()}"), ignore_errors=True)
+
+
 def prepare(workload: Workload, scheme: Scheme | None = None, workdir: Path | None = None) -> QuantGraph:
     """Export, pre-process and read ORT's QDQ plan for ``workload`` under ``scheme``."""
     scheme = scheme or Scheme()
@@ -410,8 +448,15 @@ def prepare(workload: Workload, scheme: Scheme | None = None, workdir: Path | No
         return _CACHE[key]
     wd = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="qanalysis-"))
     wd.mkdir(parents=True, exist_ok=True)
-    raw = export_onnx(workload.model, workload.calibration[0], wd / "exported.onnx")
-    pre = preprocess(raw, wd / "model_fp32.onnx")
+    cached = _disk_cache(workload, scheme)
+    names = ("exported.onnx", "model_fp32.onnx", "plan_qdq.onnx")
+    if cached is not None and all((cached / n).is_file() for n in names):
+        for n in names:
+            shutil.copyfile(cached / n, wd / n)
+        raw, pre = wd / "exported.onnx", wd / "model_fp32.onnx"
+    else:
+        raw = export_onnx(workload.model, workload.calibration[0], wd / "exported.onnx")
+        pre = preprocess(raw, wd / "model_fp32.onnx")
     model = onnx.load(str(pre))
     prog = Program(model)
     if len(prog.inputs) != len(workload.calibration[0]):
@@ -419,7 +464,11 @@ def prepare(workload: Workload, scheme: Scheme | None = None, workdir: Path | No
             f"the exported graph has {len(prog.inputs)} inputs but the batches have {len(workload.calibration[0])} tensors"
         )
     workload.input_names = list(prog.inputs)
-    qdq_path = ort_quantize(pre, wd / "plan_qdq.onnx", prog.inputs, workload.calibration[:1], scheme)
+    qdq_path = wd / "plan_qdq.onnx"
+    if not qdq_path.is_file():
+        ort_quantize(pre, qdq_path, prog.inputs, workload.calibration[:1], scheme)
+        if cached is not None:
+            _store(cached, [wd / n for n in names])
     act_owner, weights, edges, output_quant, _ = read_plan(onnx.load(str(qdq_path)), prog)
     layers, weight_axis = build_layers(prog, act_owner, weights, edges)
     if not layers:

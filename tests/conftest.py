@@ -9,6 +9,10 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+# A fresh export cache per test session: hermetic, yet shared by the tests of this session.
+import tempfile as _tempfile
+
+os.environ["QANALYSIS_CACHE"] = _tempfile.mkdtemp(prefix="qanalysis-test-cache-")
 ROOT = Path(__file__).resolve().parent.parent
 SPECS = Path(__file__).resolve().parent / "specs"
 

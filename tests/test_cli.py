@@ -115,3 +115,21 @@ def test_module_entry_point(tmp_path):
 
     r = subprocess.run([sys.executable, "-m", "qanalysis", "samples"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and "digits_cnn" in r.stdout
+
+
+def test_analyze_torchvision_resnet18_on_an_image_folder(run_cli, tmp_path):
+    import torch
+    import torchvision
+    from PIL import Image
+
+    root = tmp_path / "images"
+    g = torch.Generator().manual_seed(0)
+    for c in ["a", "b"]:
+        (root / c).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray((torch.rand(64, 64, 3, generator=g) * 255).to(torch.uint8).numpy()).save(root / c / f"{i}.png")
+    torch.save(torchvision.models.resnet18(num_classes=2).state_dict(), tmp_path / "w.pt")
+    code, out, err = run_cli("analyze", f"torchvision:resnet18@{tmp_path / 'w.pt'}", "--data", root, "--out", tmp_path / "o", "--quiet")
+    assert code == 0, err
+    layers = pd.read_csv(tmp_path / "o" / "layers.csv")
+    assert {"conv1", "layer1.0.conv1", "layer4.1:add", "fc"} <= set(layers["layer"])

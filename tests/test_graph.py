@@ -61,3 +61,16 @@ def test_plan_matches_ort_qdq_model():
     qdq = onnx.load(str(qg.workdir / "plan_qdq.onnx"))
     n_q = sum(1 for n in qdq.graph.node if n.op_type == "QuantizeLinear")
     assert len(qg.quantized_tensors) == n_q
+
+
+def test_export_and_plan_are_cached_on_disk(monkeypatch):
+    from qanalysis import graph
+    from qanalysis.workload import load_workload
+
+    first = prepare(load_workload("sample:diabetes_mlp"))
+    calls = []
+    monkeypatch.setattr(graph, "export_onnx", lambda *a, **k: calls.append(1))
+    second = prepare(load_workload("sample:diabetes_mlp"))  # another workload object: not the in-process cache
+    assert first is not second and not calls
+    assert [l.name for l in first.layers] == [l.name for l in second.layers]
+    assert second.quantized_tensors == first.quantized_tensors
