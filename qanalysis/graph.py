@@ -416,7 +416,7 @@ def _disk_cache(workload: Workload, scheme: Scheme) -> Path | None:
     import onnxruntime
 
     h = hashlib.sha1()
-    h.update(f"{type(workload.model).__module__}.{type(workload.model).__qualname__}".encode())
+    h.update(type(workload.model).__qualname__.encode())  # not __module__: spec modules get unique names
     for k, v in workload.model.state_dict().items():
         h.update(k.encode())
         h.update(str((tuple(v.shape), str(v.dtype))).encode())
