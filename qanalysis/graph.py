@@ -19,6 +19,7 @@ from __future__ import annotations
 import ast
 import contextlib
 import io
+import json
 import logging
 import os
 import shutil
@@ -424,7 +425,7 @@ def _disk_cache(workload: Workload, scheme: Scheme) -> Path | None:
     for t in workload.calibration[0]:
         h.update(str((tuple(t.shape[1:]), str(t.dtype))).encode())
     h.update(repr((scheme.activations.symmetric, scheme.weights.symmetric, scheme.weights.granularity == "per_tensor",
-                   torch.__version__, onnx.__version__, onnxruntime.__version__, OPSET, 2)).encode())  # fmt: skip
+                   torch.__version__, onnx.__version__, onnxruntime.__version__, OPSET, 3)).encode())  # fmt: skip
     return Path(root) / h.hexdigest()[:24]
 
 
@@ -449,13 +450,17 @@ def prepare(workload: Workload, scheme: Scheme | None = None, workdir: Path | No
     wd = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="qanalysis-"))
     wd.mkdir(parents=True, exist_ok=True)
     cached = _disk_cache(workload, scheme)
-    names = ("exported.onnx", "model_fp32.onnx", "plan_qdq.onnx")
+    names = ("scopes.json", "model_fp32.onnx", "plan_qdq.onnx")
     if cached is not None and all((cached / n).is_file() for n in names):
         for n in names:
             shutil.copyfile(cached / n, wd / n)
-        raw, pre = wd / "exported.onnx", wd / "model_fp32.onnx"
+        pre = wd / "model_fp32.onnx"
     else:
         raw = export_onnx(workload.model, workload.calibration[0], wd / "exported.onnx")
+        # the exporter's module scopes per node (quant_pre_process may drop node metadata)
+        scopes = {n.name: p.value for n in onnx.load(str(raw), load_external_data=False).graph.node
+                  for p in n.metadata_props if p.key == "pkg.torch.onnx.name_scopes"}  # fmt: skip
+        (wd / "scopes.json").write_text(json.dumps(scopes))
         pre = preprocess(raw, wd / "model_fp32.onnx")
     model = onnx.load(str(pre))
     prog = Program(model)
@@ -473,9 +478,7 @@ def prepare(workload: Workload, scheme: Scheme | None = None, workdir: Path | No
     layers, weight_axis = build_layers(prog, act_owner, weights, edges)
     if not layers:
         raise ExportError("ONNX Runtime found nothing to quantize in this model (no Conv, Gemm, MatMul, Add... ops)")
-    scopes = {n.name: p.value for n in onnx.load(str(raw)).graph.node for p in n.metadata_props
-              if p.key == "pkg.torch.onnx.name_scopes"}  # fmt: skip
-    _name_layers(prog, layers, workload.model, scopes)
+    _name_layers(prog, layers, workload.model, json.loads((wd / "scopes.json").read_text()))
     qg = QuantGraph(
         program=prog,
         float_path=pre,
