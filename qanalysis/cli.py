@@ -55,6 +55,7 @@ def _parser() -> argparse.ArgumentParser:
     s = model_cmd("search", "greedy mixed-precision search under a metric budget; Pareto fronts")
     s.add_argument("--max-drop", required=True, type=float, metavar="PCT", help="allowed metric drop (points)")
     s.add_argument("--objective", choices=["latency", "size"], default="latency")
+    s.add_argument("--int4", action="store_true", help="also try int4 weights (simulated only: not exportable to ORT)")
     e = model_cmd("export", "verified ONNX Runtime engines for a config")
     e.add_argument("--mode", choices=["int8", "dynamic", "fp16"], default="int8",
                    help="int8: static QDQ engine (default); dynamic: weights-only INT8; fp16")  # fmt: skip
@@ -113,7 +114,7 @@ def _search(args: argparse.Namespace) -> int:
         say(f"loading {args.model}")
         wl = load_workload(args.model, args.data)
         a = analyze(wl, config, progress=say, baseline=False, previews=0)
-        res = search(a, args.max_drop, objective=args.objective, progress=say)
+        res = search(a, args.max_drop, objective=args.objective, progress=say, allow_int4=args.int4)
         write_csv(res.frame(), out / "pareto.csv")
         write_json(res.summary(), out / "search.json")
         write_json(res.chosen.to_dict(), out / "config.json")

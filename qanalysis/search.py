@@ -107,6 +107,7 @@ class Evaluated:
     latency_ms: float
     size_bytes: int
     phase: str
+    int4_layers: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -138,7 +139,7 @@ class SearchResult:
             [
                 {"config_id": e.config_id, "n_float_layers": len(e.float_layers), "metric": e.metric, "drop": e.drop,
                  "latency_ms": e.latency_ms, "size_bytes": e.size_bytes, "phase": e.phase,
-                 "float_layers": ";".join(e.float_layers)}  # fmt: skip
+                 "float_layers": ";".join(e.float_layers), "int4_layers": ";".join(e.int4_layers)}  # fmt: skip
                 for e in self.evaluated
             ]
         )
@@ -168,6 +169,14 @@ class SearchResult:
         }
 
 
+def chosen_int4(e: Evaluated, cache: dict) -> set[str]:
+    """The int4 layers of an evaluated config (recorded in its cache key)."""
+    for k, v in cache.items():
+        if v is e:
+            return {x[5:] for x in k if isinstance(x, str) and x.startswith("int4:")}
+    return set()
+
+
 def pareto_mask(metric: list[float], cost: list[float]) -> list[bool]:
     """True where no other point has metric ≥ and cost ≤ with one of them strict."""
     out = []
@@ -187,6 +196,7 @@ def search(
     progress: Progress | None = None,
     measure: bool = True,
     workdir: Path | None = None,
+    allow_int4: bool = False,
 ) -> SearchResult:
     if objective not in ("latency", "size"):
         raise ConfigError(f"objective must be 'latency' or 'size', got {objective!r}")
@@ -201,14 +211,17 @@ def search(
     evaluated: list[Evaluated] = []
     cache: dict[frozenset, Evaluated] = {}
 
+    int4: set[str] = set()
+
     def evaluate(float_set: set[str], phase: str) -> Evaluated:
-        key = frozenset(float_set)
+        key = frozenset(float_set) | frozenset(f"int4:{n}" for n in int4)
         if key in cache:
             return cache[key]
-        cfg = a.config.with_layers({**base_layers, **{n: "fp16" for n in float_set}})
+        cfg = a.config.with_layers({**base_layers, **{n: "int4" for n in int4}, **{n: "fp16" for n in float_set}})
         r = simulate_config(a, cfg)
         e = Evaluated(len(evaluated), [n for n in names if n in float_set], r.metric, r.drop,
-                      costs.latency_ms(a, float_set), costs.size_bytes(float_set), phase)  # fmt: skip
+                      costs.latency_ms(a, float_set), costs.size_bytes(float_set) - sum(costs.params.get(n, 0) // 2 for n in int4),
+                      phase, sorted(int4))  # fmt: skip
         evaluated.append(e)
         cache[key] = e
         say(f"config {e.config_id}: {len(float_set)} float layer(s), drop {e.drop:.2f}, {objective} "
@@ -257,9 +270,27 @@ def search(
                 if evaluate(trial, "prune").drop <= max_drop:
                     current = trial
             chosen = cache[frozenset(current)]
-    chosen_cfg = a.config.with_layers({**base_layers, **{n: "fp16" for n in chosen.float_layers}})
+    if allow_int4 and chosen.drop <= max_drop:
+        # int4 weights (simulated only: ORT's CPU engine has no static int4 kernels) for the
+        # least sensitive int8 layers with weights, biggest first, within the evaluation budget
+        floats = set(chosen.float_layers)
+        cands = sorted((l for l in a.qgraph.layers if l.weights and l.name not in floats and l.params >= 64),
+                       key=lambda l: (max(rows[l.name].metric_drop, 0.0), -l.params))  # fmt: skip
+        for l in cands:
+            if len(evaluated) >= len(names) + 5:
+                break
+            int4.add(l.name)
+            e = evaluate(floats, "int4")
+            if e.drop <= max_drop:
+                chosen = e
+            else:
+                int4.discard(l.name)
+        if int4:
+            notes.append(f"{len(int4)} layer(s) at int4 weights: simulated only, the ONNX Runtime engine needs int8 or float")
+    chosen_cfg = a.config.with_layers({**base_layers, **{n: "int4" for n in int4 if n in chosen_int4(chosen, cache)},
+                                       **{n: "fp16" for n in chosen.float_layers}})  # fmt: skip
     measured = std = int8_ms = fp32_ms = None
-    if measure:
+    if measure and not any(p == "int4" for p in chosen_cfg.layers.values()):
         say("building and timing the chosen engine")
         x1 = first_sample(a.workload.evaluation[0][0])
         path = wd / "chosen_int8.onnx"
