@@ -19,7 +19,7 @@ import torch
 from .calibrate import TensorStats, calibration_range
 from .graph import Layer
 from .scheme import ActivationSpec, Config, WeightSpec
-from .sensitivity import LayerRow, SensitivityResult
+from .sensitivity import SensitivityResult
 from .simulate import Simulator, SimPlan
 from .workload import Workload
 

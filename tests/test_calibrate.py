@@ -7,7 +7,6 @@ from qanalysis.scheme import ActivationSpec
 
 
 def _identity_program():
-    import onnx
     from onnx import TensorProto, helper
 
     g = helper.make_graph(

@@ -1,7 +1,6 @@
 """Layer discovery, module names, and the tensor-level plan read back from ORT."""
 
 import onnx
-import pytest
 
 from conftest import SPECS, cached_analysis, cached_workload
 from qanalysis.graph import prepare

@@ -1,5 +1,4 @@
 import pytest
-import torch
 
 from conftest import SPECS, cached_analysis, cached_workload
 from qanalysis.scheme import Config

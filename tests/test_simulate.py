@@ -2,7 +2,6 @@
 simulated fully-quantized metric against a real ``quantize_static`` engine."""
 
 import numpy as np
-import onnx
 import pytest
 import torch
 from onnx import TensorProto, helper
@@ -12,7 +11,7 @@ from conftest import cached_workload
 from qanalysis.calibrate import collect_stats
 from qanalysis.engine import run_session, session
 from qanalysis.graph import ort_quantize, prepare
-from qanalysis.scheme import ActivationSpec, QParams, QRange, Scheme, WeightSpec, compute_scale_zp
+from qanalysis.scheme import QParams, QRange, Scheme, WeightSpec, compute_scale_zp
 from qanalysis.simulate import Simulator, fake_quant, quantize_weight
 from qanalysis.workload import list_samples
 
