@@ -13,11 +13,12 @@ stderr; results go to files in ``--out``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 from .errors import QAnalysisError
 
@@ -62,6 +63,27 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+@contextlib.contextmanager
+def _output_folder(path: Path) -> Iterator[Path]:
+    """The checked, created output folder; on failure, whatever this run wrote there is removed
+    (the folder too if this run created it), so no half-written output is left behind."""
+    from .report import prepare_out
+
+    existed = path.exists()
+    before = {p.name: p.stat().st_mtime_ns for p in path.iterdir()} if existed and path.is_dir() else {}
+    out = prepare_out(path)
+    try:
+        yield out
+    except BaseException:
+        if not existed:
+            shutil.rmtree(out, ignore_errors=True)
+        else:
+            for p in out.iterdir():
+                if p.is_file() and before.get(p.name) != p.stat().st_mtime_ns:
+                    p.unlink(missing_ok=True)
+        raise
+
+
 def _summary_line(s: dict) -> str:
     return (
         f"{s['model']}: FP32 {s['fp32_metric']:.2f} → INT8 {s['int8_metric']:.2f} "
@@ -71,24 +93,18 @@ def _summary_line(s: dict) -> str:
 
 def _analyze(args: argparse.Namespace) -> int:
     from .analysis import analyze
-    from .report import prepare_out, write_analysis
+    from .report import write_analysis
     from .scheme import Config
     from .workload import load_workload
 
     config = Config.load(args.config)
-    existed = args.out.exists()
-    out = prepare_out(args.out)
     say = _progress(args.quiet)
-    try:
+    with _output_folder(args.out) as out:
         say(f"loading {args.model}")
         wl = load_workload(args.model, args.data)
         a = analyze(wl, config, progress=say)
         say(f"writing {out}")
         write_analysis(a, out)
-    except BaseException:
-        if not existed:
-            shutil.rmtree(out, ignore_errors=True)
-        raise
     s = a.summary()
     print(_summary_line(s))
     top = a.layers_frame().sort_values("metric_drop", ascending=False).head(5)
@@ -101,16 +117,14 @@ def _analyze(args: argparse.Namespace) -> int:
 
 def _search(args: argparse.Namespace) -> int:
     from .analysis import analyze
-    from .report import prepare_out, write_csv, write_json
+    from .report import write_csv, write_json
     from .scheme import Config
     from .search import search
     from .workload import load_workload
 
     config = Config.load(args.config)
-    existed = args.out.exists()
-    out = prepare_out(args.out)
     say = _progress(args.quiet)
-    try:
+    with _output_folder(args.out) as out:
         say(f"loading {args.model}")
         wl = load_workload(args.model, args.data)
         a = analyze(wl, config, progress=say, baseline=False, previews=0)
@@ -118,10 +132,6 @@ def _search(args: argparse.Namespace) -> int:
         write_csv(res.frame(), out / "pareto.csv")
         write_json(res.summary(), out / "search.json")
         write_json(res.chosen.to_dict(), out / "config.json")
-    except BaseException:
-        if not existed:
-            shutil.rmtree(out, ignore_errors=True)
-        raise
     s = res.summary()
     chosen = res.evaluated[res.chosen_id]
     print(f"{wl.name}: FP32 {a.fp32_metric:.2f}, all-INT8 drop {a.drop:.2f} → chosen config drop {chosen.drop:.2f} "
@@ -138,27 +148,18 @@ def _search(args: argparse.Namespace) -> int:
 
 def _export(args: argparse.Namespace) -> int:
     from .export import export
-    from .report import prepare_out, write_json
+    from .report import write_json
     from .scheme import Config
     from .workload import load_workload
 
     config = Config.load(args.config)
-    existed = args.out.exists()
-    out = prepare_out(args.out)
     say = _progress(args.quiet)
-    try:
+    with _output_folder(args.out) as out:
         say(f"loading {args.model}")
         wl = load_workload(args.model, args.data)
         rep = export(wl, config, out, mode=args.mode, progress=say)
         write_json(rep.config, out / "config.json")
         write_json(rep.to_dict(), out / "export.json")
-    except BaseException:
-        if not existed:
-            shutil.rmtree(out, ignore_errors=True)
-        else:
-            for name in ("model_fp32.onnx", "model_int8.onnx", "model_fp16.onnx"):
-                (out / name).unlink(missing_ok=True)
-        raise
     print(rep.table())
     print(f"wrote {', '.join(sorted(p.name for p in out.iterdir() if not p.name.startswith('.')))} to {out}")
     return 0

@@ -133,3 +133,14 @@ def test_analyze_torchvision_resnet18_on_an_image_folder(run_cli, tmp_path):
     assert code == 0, err
     layers = pd.read_csv(tmp_path / "o" / "layers.csv")
     assert {"conv1", "layer1.0.conv1", "layer4.1:add", "fc"} <= set(layers["layer"])
+
+
+def test_failed_run_into_existing_folder_keeps_old_files_and_adds_none(run_cli, tmp_path):
+    out = tmp_path / "existing"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps({"layers": {"nope": "fp16"}}))
+    code, _, err = run_cli("export", "sample:digits_cnn", "--out", out, "--config", cfg, "--quiet")
+    assert code != 0 and "unknown layer" in err
+    assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
