@@ -23,6 +23,7 @@ test: setup
 bench: setup
 	$(BIN)/python bench/analyze_speed.py
 	$(BIN)/python bench/engine_speed.py
+	$(BIN)/python bench/search_speed.py
 
 screenshots: setup
 	$(BIN)/python scripts/screenshots.py

@@ -313,7 +313,7 @@ class NodeTime:
     node: str
     op_type: str
     provider: str
-    us: float  # mean per run
+    us: float  # median per run
     inputs: tuple[str, ...] = ()
     outputs: tuple[str, ...] = ()
 
@@ -348,9 +348,9 @@ def profile_nodes(path: Path, inputs: Inputs, runs: int = 10) -> list[NodeTime]:
         acc[(e["name"][: -len("_kernel_time")], args.get("op_name", "?"), args.get("provider", "?"))].append(float(e.get("dur", 0)))
     out = []
     for (node, op, prov), durs in acc.items():
-        durs = durs[-runs:]
+        durs = sorted(durs[-runs:])  # the median: one preempted run must not make a layer "slow"
         ins, outs = io.get(node, ((), ()))
-        out.append(NodeTime(node, op, prov, sum(durs) / max(len(durs), 1), ins, outs))
+        out.append(NodeTime(node, op, prov, durs[len(durs) // 2] if durs else 0.0, ins, outs))
     return sorted(out, key=lambda t: -t.us)
 
 

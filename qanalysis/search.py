@@ -50,7 +50,7 @@ class Costs:
         for name in float_layers:
             us += self.float_us.get(name, 0.0) - self.int8_us.get(name, 0.0)
         us += self.qdq_us * _boundaries(a, float_layers)
-        return us / 1000.0
+        return max(us, 0.0) / 1000.0
 
     def size_bytes(self, float_layers: set[str]) -> int:
         return int(self.int8_engine_bytes + sum(3 * self.params.get(n, 0) for n in float_layers))
