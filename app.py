@@ -20,9 +20,24 @@ Session-state keys shared across pages (everything else is widget state, ``w_*``
                   Cleared when another workload is run.
 ``focus_layer``   the layer last opened on the Layer error page; the Distributions page
                   opens on it.
+``fixes``         fix names applied on the Fixes page (``[]``: plain PTQ). The Mixed
+                  precision and Export pages work on the scheme plus these fixes.
+                  Cleared when another workload is run.
+
+Page state kept across page switches: ``search`` (the last search run on the Mixed
+precision page: analysis key, max drop, objective; its result is cached) and
+``export_mode`` (int8 / dynamic / fp16 on the Export page).
 """
 
 from __future__ import annotations
+
+import os
+
+# Idle OpenMP threads sleep instead of spinning. On a small machine shared with the browser
+# (and anything else running), spinning workers turned each PyTorch op of the analysis into
+# a wait for a descheduled thread: 40× slower sensitivity passes on 2 cores. Set before
+# anything imports torch (a variable already in the environment wins).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import streamlit as st
 
@@ -30,6 +45,7 @@ from pages._shared import (
     CONFIG_JSON,
     DATA,
     DEEP_LINK,
+    FIXES,
     FLOAT_LAYERS,
     FOCUS_LAYER,
     ROUTED,
@@ -140,6 +156,7 @@ def _run() -> None:
     if (source, data) != (ss[SOURCE], ss[DATA]):
         ss[FLOAT_LAYERS] = []
         ss[FOCUS_LAYER] = None
+        ss[FIXES] = []
     ss[SOURCE], ss[DATA], ss[CONFIG_JSON] = source, data, config_json
 
 
@@ -223,8 +240,10 @@ with st.sidebar:
         ss = st.session_state
         if pending is not None and pending != (ss[SOURCE], ss[DATA], ss[CONFIG_JSON]):
             st.caption(":orange[Settings changed: press **Run analysis** to apply them.]")
+    fixes = st.session_state[FIXES]
     st.caption(
         f"Showing **{st.session_state[SOURCE] or default_source()}** · {current_config().scheme.label()}"
+        + (f" · fixes: {', '.join(fixes)}" if fixes else "")
     )
 
 page.run()

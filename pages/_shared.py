@@ -4,29 +4,39 @@ Not a page itself: ``app.py`` registers the pages explicitly with ``st.navigatio
 Pages call the core only through the cached functions below, so switching pages or
 touching a widget never recomputes an analysis.
 
-Caching: ``st.cache_resource`` holds the heavy, shared objects (the workload and the
-``Analysis``, keyed on the source string, the data folder and the config JSON);
-``st.cache_data`` holds what pages derive from them (frames, simulated configs,
+Caching: ``st.cache_resource`` holds the heavy, shared objects (the workload, the
+``Analysis`` keyed on the source string, the data folder and the config JSON, the FP32
+baseline keyed on the workload alone, the exported engines keyed on the config and mode);
+``st.cache_data`` holds what pages derive from them (frames, simulated configs, searches,
 distributions, report files), keyed on the same analysis key.
+
+First load: the analysis runs without the FP32 baseline (PyTorch/ONNX Runtime timings);
+the Summary page measures it after the verdict is on screen (``baseline``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlparse
 
 import pandas as pd
 import streamlit as st
 
 from qanalysis.analysis import Analysis, ConfigResult, analyze, simulate_config
+from qanalysis.baseline import Baseline, measure_baseline
 from qanalysis.errors import QAnalysisError
+from qanalysis.export import ExportReport, export
 from qanalysis.outliers import Distribution, distribution
-from qanalysis.report import write_analysis
+from qanalysis.report import write_analysis, write_json
 from qanalysis.scheme import Config
+from qanalysis.search import SearchResult, search
 from qanalysis.workload import Workload, list_samples, load_workload
 
 # Session-state keys shared across pages (documented in app.py).
@@ -35,6 +45,9 @@ DATA = "data"
 CONFIG_JSON = "config_json"
 FLOAT_LAYERS = "float_layers"
 FOCUS_LAYER = "focus_layer"
+FIXES = "fixes"
+SEARCH = "search"
+EXPORT_MODE = "export_mode"
 ROUTED = "_routed"  # set by app.py: this session went through the router
 DEEP_LINK = "_deep_link"  # the page a session asked for before it went through the router
 
@@ -65,6 +78,9 @@ def init_state() -> None:
     ss.setdefault(CONFIG_JSON, Config().to_json())
     ss.setdefault(FLOAT_LAYERS, [])
     ss.setdefault(FOCUS_LAYER, None)
+    ss.setdefault(FIXES, [])
+    ss.setdefault(SEARCH, None)
+    ss.setdefault(EXPORT_MODE, "int8")
 
 
 def _stamp(source: str) -> float:
@@ -75,14 +91,28 @@ def _stamp(source: str) -> float:
     return p.stat().st_mtime if p.is_file() else 0.0
 
 
-def analysis_key() -> Key:
+def analysis_key(config_json: str | None = None) -> Key:
+    """The cache key of the committed workload under ``config_json`` (default: the committed scheme)."""
     init_state()
     ss = st.session_state
-    return (ss[SOURCE], ss[DATA], ss[CONFIG_JSON], _stamp(ss[SOURCE]))
+    return (ss[SOURCE], ss[DATA], config_json or ss[CONFIG_JSON], _stamp(ss[SOURCE]))
 
 
 def current_config() -> Config:
     return Config.from_dict(json.loads(st.session_state[CONFIG_JSON]))
+
+
+def fixes_config_json(fixes: list[str] | tuple[str, ...]) -> str:
+    """The committed scheme with ``fixes`` applied (the committed config itself when there are none)."""
+    cj = st.session_state[CONFIG_JSON]
+    if not fixes:
+        return cj
+    return Config.from_dict({**json.loads(cj), "fixes": list(fixes)}).to_json()
+
+
+def deploy_config_json() -> str:
+    """Scheme + the fixes chosen on the Fixes page: what Mixed precision and Export work on."""
+    return fixes_config_json(st.session_state.get(FIXES) or [])
 
 
 # --------------------------------------------------------------------------- heavy, shared
@@ -93,52 +123,97 @@ def cached_workload(source: str, data: str | None, stamp: float) -> Workload:
     return load_workload(source, data)
 
 
-@st.cache_resource(show_spinner=False, max_entries=4)
+@st.cache_resource(show_spinner=False, max_entries=6)
 def cached_analysis(
     source: str, data: str | None, config_json: str, stamp: float, _progress=None
 ) -> Analysis:
     wl = cached_workload(source, data, stamp)
-    return analyze(wl, Config.from_dict(json.loads(config_json)), progress=_progress)
+    # No FP32 baseline here: it is timed afterwards (``baseline``), so the verdict shows sooner.
+    return analyze(
+        wl, Config.from_dict(json.loads(config_json)), progress=_progress, baseline=False
+    )
 
 
 @st.cache_resource(show_spinner=False)
 def _computed() -> set:
-    """Analysis keys already computed in this server process (their status box is skipped)."""
+    """Keys of slow results already computed in this server process (their status box is skipped)."""
     return set()
 
 
-def current_analysis() -> Analysis:
-    """The analysis of the committed workload and scheme, computed with progress on a miss.
+T = TypeVar("T")
+
+
+def with_progress(key: Any, what: str, call: Callable[[Callable[[str], None] | None], T]) -> T:
+    """``call(progress)``, a cached computation, inside a status box that shows its progress
+    the first time ``key`` is computed in this process (a cache hit shows nothing).
+    A QAnalysisError marks the box as failed and propagates."""
+    # The box's slot exists on every run, hit or miss: elements after it keep their positions, so
+    # a rerun never shows the previous run's elements shifted by one (greyed, until it ends).
+    slot = st.container()
+    if key in _computed():
+        return call(None)
+    t0 = time.perf_counter()
+    with slot, st.status(f"{what} …", expanded=False) as box:
+        # ``status.update`` enqueues its message directly, so it is safe inside a cached call
+        # (nothing is recorded for replay on a cache hit).
+        def progress(msg: str) -> None:
+            box.update(label=f"{what}: {msg} ({time.perf_counter() - t0:.0f} s)")
+
+        try:
+            result = call(progress)
+        except QAnalysisError:
+            box.update(label=f"{what}: failed", state="error")
+            raise
+        box.update(label=f"{what}: done in {time.perf_counter() - t0:.1f} s", state="complete")
+    _computed().add(key)
+    return result
+
+
+def current_analysis(config_json: str | None = None) -> Analysis:
+    """The analysis of the committed workload under ``config_json`` (default: the committed
+    scheme), computed with progress on a miss.
 
     A user-facing error (bad path, unknown layer, ...) is shown with ``st.error`` and stops the page.
     """
-    key = analysis_key()
+    key = analysis_key(config_json)
     source, data, config_json, stamp = key
-    if key in _computed():
-        try:
-            return cached_analysis(source, data, config_json, stamp)
-        except QAnalysisError as e:  # evicted, then failed on recompute (e.g. a file moved)
-            st.error(str(e))
-            st.stop()
-    t0 = time.perf_counter()
+    fixes = Config.from_dict(json.loads(config_json)).fixes
+    what = f"Analyzing {source}" + (f" with {', '.join(fixes)}" if fixes else "")
     try:
-        with st.status(f"Analyzing {source} …", expanded=False) as box:
-            box.update(label=f"loading {source}")
-
-            # ``status.update`` enqueues its message directly, so it is safe inside a cached call
-            # (nothing is recorded for replay on a cache hit).
-            def progress(msg: str) -> None:
-                box.update(label=f"{source}: {msg} ({time.perf_counter() - t0:.0f} s)")
-
-            a = cached_analysis(source, data, config_json, stamp, _progress=progress)
-            box.update(
-                label=f"Analyzed {source} in {time.perf_counter() - t0:.1f} s", state="complete"
-            )
+        return with_progress(
+            key, what, lambda p: cached_analysis(source, data, config_json, stamp, _progress=p)
+        )
     except QAnalysisError as e:
         st.error(str(e))
         st.stop()
-    _computed().add(key)
-    return a
+
+
+def deploy_analysis() -> Analysis:
+    """The analysis of the committed scheme with the fixes chosen on the Fixes page."""
+    return current_analysis(deploy_config_json())
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def cached_baseline(source: str, data: str | None, stamp: float, _a: Analysis) -> Baseline:
+    """The FP32 model's metric, size and latency in PyTorch and ONNX Runtime (scheme-independent)."""
+    return measure_baseline(_a.workload, _a.qgraph.float_path)
+
+
+def baseline(key: Key, a: Analysis) -> Baseline | None:
+    """The FP32 baseline of an analysis without fixes (a fixed model's float graph is not the FP32
+    reference); None when it cannot be measured."""
+    if a.config.fixes:
+        return None
+    source, data, _, stamp = key
+    try:
+        return cached_baseline(source, data, stamp, a)
+    except QAnalysisError:
+        return None
+
+
+def with_baseline(key: Key, a: Analysis) -> Analysis:
+    """The analysis as ``qanalysis analyze`` returns it, the FP32 baseline included (a shallow copy)."""
+    return a if a.baseline is not None else dataclasses.replace(a, baseline=baseline(key, a))
 
 
 # --------------------------------------------------------------------------- light, derived
@@ -158,6 +233,7 @@ def frames(key: Key, _a: Analysis) -> dict[str, pd.DataFrame | None]:
 
 @st.cache_data(show_spinner=False, max_entries=16)
 def summary(key: Key, _a: Analysis) -> dict[str, Any]:
+    """``Analysis.summary()`` (without the baseline, which ``baseline`` measures lazily)."""
     return _a.summary()
 
 
@@ -186,8 +262,89 @@ def tensor_distribution(key: Key, layer: str, tensor: str, _a: Analysis) -> Dist
 def artifacts(key: Key, _a: Analysis) -> dict[str, bytes]:
     """The files ``qanalysis analyze`` writes (layers.csv, outliers.csv, summary.json, report.html, ...)."""
     with tempfile.TemporaryDirectory(prefix="qanalysis-app-") as d:
-        paths = write_analysis(_a, Path(d))
+        paths = write_analysis(with_baseline(key, _a), Path(d))
         return {p.name: p.read_bytes() for p in paths}
+
+
+# --------------------------------------------------------------------------- search and export
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def cached_search(
+    key: Key, max_drop: float, objective: str, _a: Analysis, _progress=None
+) -> SearchResult:
+    """``qanalysis.search.search`` (engines profiled in a temporary folder, removed afterwards)."""
+    with tempfile.TemporaryDirectory(prefix="qanalysis-search-") as d:
+        return search(_a, max_drop, objective=objective, progress=_progress, workdir=Path(d))
+
+
+def run_search(key: Key, a: Analysis, max_drop: float, objective: str) -> SearchResult:
+    """The search with a progress box on a miss; a QAnalysisError propagates."""
+    return with_progress(
+        ("search", key, max_drop, objective),
+        f"Searching mixed precision (drop ≤ {max_drop:g}, {objective})",
+        lambda p: cached_search(key, max_drop, objective, a, _progress=p),
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class Built:
+    """An export: the verification report and the folder holding the files it wrote."""
+
+    report: ExportReport
+    folder: Path
+
+    def files(self) -> dict[str, Path]:
+        return {p.name: p for p in sorted(self.folder.iterdir()) if not p.name.startswith(".")}
+
+
+def _release_export(built: Built) -> None:
+    shutil.rmtree(built.folder, ignore_errors=True)
+
+
+@st.cache_resource(show_spinner=False)
+def _export_root() -> tempfile.TemporaryDirectory:
+    """One temporary folder per server process for the exports (removed at exit)."""
+    return tempfile.TemporaryDirectory(prefix="qanalysis-app-export-")
+
+
+@st.cache_resource(show_spinner=False, max_entries=6, on_release=_release_export)
+def cached_export(
+    source: str, data: str | None, stamp: float, config_json: str, mode: str, _progress=None
+) -> Built:
+    """``qanalysis export`` of ``config_json`` into a fresh folder: the engines, config.json, export.json."""
+    wl = cached_workload(source, data, stamp)
+    folder = Path(tempfile.mkdtemp(prefix=f"{mode}-", dir=_export_root().name))
+    try:
+        rep = export(
+            wl, Config.from_dict(json.loads(config_json)), folder, mode=mode, progress=_progress
+        )
+        write_json(rep.config, folder / "config.json")
+        write_json(rep.to_dict(), folder / "export.json")
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    return Built(rep, folder)
+
+
+def export_key(config_json: str, mode: str) -> tuple:
+    source, data, _, stamp = analysis_key()
+    return ("export", source, data, stamp, config_json, mode)
+
+
+def exported(config_json: str, mode: str) -> bool:
+    """Whether this config was built in this server process (its result is cached)."""
+    return export_key(config_json, mode) in _computed()
+
+
+def build_export(config_json: str, mode: str) -> Built:
+    """Build (or fetch) the engines of ``config_json``; a QAnalysisError (e.g. ExportError) propagates."""
+    _, source, data, stamp, _, _ = key = export_key(config_json, mode)
+    return with_progress(
+        key,
+        f"Building the {mode} engine",
+        lambda p: cached_export(source, data, stamp, config_json, mode, _progress=p),
+    )
 
 
 def ranked_layers(layers: pd.DataFrame) -> pd.DataFrame:
@@ -206,6 +363,7 @@ def float_layers(a: Analysis) -> list[str]:
 
 
 def config_with_float_layers(a: Analysis) -> Config:
+    """The analysis' config (scheme and fixes) with the shared FP16 selection."""
     return a.config.with_layers({n: "fp16" for n in float_layers(a)})
 
 
@@ -248,15 +406,26 @@ COLUMNS = {
 }
 
 
-def table(df: pd.DataFrame, name: str, *, height: int | str = "auto", **kwargs: Any) -> Any:
+def table(
+    df: pd.DataFrame,
+    name: str,
+    *,
+    height: int | str = "auto",
+    column_config: dict[str, Any] | None = None,
+    **kwargs: Any,
+) -> Any:
     """A sortable table and its CSV download (every table in the app offers one).
-    ``height`` caps tall tables; short ones take only the rows they have."""
+    ``height`` caps tall tables; short ones take only the rows they have; ``column_config``
+    adds to (or overrides) the shared column formats."""
     if isinstance(height, int) and len(df) <= 8:
         height = "auto"
     shown = st.dataframe(
         df,
         hide_index=True,
-        column_config={c: COLUMNS[c] for c in df.columns if c in COLUMNS},
+        column_config={
+            **{c: COLUMNS[c] for c in df.columns if c in COLUMNS},
+            **(column_config or {}),
+        },
         height=height,
         **kwargs,
     )

@@ -7,6 +7,7 @@ import streamlit as st
 
 from pages._shared import (
     analysis_key,
+    baseline,
     current_analysis,
     fmt_ms,
     frames,
@@ -54,30 +55,31 @@ def is_image_workload(wl) -> bool:
 
 a = current_analysis()
 key = analysis_key()
-s = summary(key, a)
 f = frames(key, a)
 wl = a.workload
 page_header(f"Will INT8 hurt {short_name(wl.name)}?", a)
 if wl.description:
     st.caption(wl.description)
 
-verdict_banner(s["verdict"], s["drop"])
+# The headline straight from the analysis: ``summary()`` also collects library versions, whose
+# imports cost seconds on a cold start, so it waits for the "Run details" at the end.
+verdict_banner(a.verdict, a.drop)
 
 c = st.columns(4)
-c[0].metric(f"FP32 {wl.metric_name}", f"{s['fp32_metric']:.2f}", border=True)
+c[0].metric(f"FP32 {wl.metric_name}", f"{a.fp32_metric:.2f}", border=True)
 c[1].metric(
     f"INT8 {wl.metric_name}, simulated",
-    f"{s['int8_metric']:.2f}",
+    f"{a.int8_metric:.2f}",
     border=True,
-    delta=None if round(s["drop"], 2) == 0 else f"{-s['drop']:+.2f} points",
+    delta=None if round(a.drop, 2) == 0 else f"{-a.drop:+.2f} points",
 )
 c[2].metric(
     "Drop (points)",
-    f"{s['drop']:.2f}",
+    f"{a.drop:.2f}",
     border=True,
     help="FP32 metric minus the fully quantized metric",
 )
-flipped = s.get("n_flipped")
+flipped = None if f["flips"] is None else len(f["flips"])
 c[3].metric(
     "Flipped predictions",
     "n/a" if flipped is None else f"{flipped} / {wl.n_eval}",
@@ -85,33 +87,9 @@ c[3].metric(
     help="evaluation samples whose predicted class changes under INT8 (classification only)",
 )
 
-b = s.get("baseline") or {}
-int8 = simulate_float(key, [], a)
-fp32 = simulate_all_fp32(key, a)
-c = st.columns(4)
-c[0].metric("FP32 model, ONNX file", human_bytes(b.get("onnx_bytes")), border=True)
-c[1].metric(
-    "INT8 weights, simulated",
-    human_bytes(int8.weight_bytes),
-    border=True,
-    delta_color="off",
-    delta=f"{fp32.weight_bytes / max(int8.weight_bytes, 1):.1f}× smaller than FP32",
-    delta_arrow="off",
-    help=f"the quantizable layers' weights: {human_bytes(fp32.weight_bytes)} in FP32, INT8 packed",
-)
-for col, name, lat in [
-    (c[2], "ONNX Runtime", b.get("ort_latency_b1")),
-    (c[3], "PyTorch", b.get("torch_latency_b1")),
-]:
-    col.metric(
-        f"FP32 latency, {name}",
-        fmt_ms(lat),
-        border=True,
-        delta_color="off",
-        delta_arrow="off",
-        delta=f"± {lat['std_ms']:.2g} ms over {lat['repeats']} runs" if lat else None,
-        help="ms per sample at batch 1 (mean ± std); the INT8 engine's latency comes with the export",
-    )
+# Sizes and latencies come from the FP32 baseline, timed after the rest of the page is on
+# screen (first load): this row is filled at the end of the script.
+costs_row = st.container()
 
 st.subheader("Most sensitive layers")
 layers = f["layers"]
@@ -169,7 +147,44 @@ else:
                     width=96,
                 )
 
+
+def cost_cards(b: dict) -> None:
+    int8 = simulate_float(key, [], a)
+    fp32 = simulate_all_fp32(key, a)
+    c = st.columns(4)
+    c[0].metric("FP32 model, ONNX file", human_bytes(b.get("onnx_bytes")), border=True)
+    c[1].metric(
+        "INT8 weights, simulated",
+        human_bytes(int8.weight_bytes),
+        border=True,
+        delta_color="off",
+        delta=f"{fp32.weight_bytes / max(int8.weight_bytes, 1):.1f}× smaller than FP32",
+        delta_arrow="off",
+        help=f"the quantizable layers' weights: {human_bytes(fp32.weight_bytes)} in FP32, INT8 packed",
+    )
+    for col, name, lat in [
+        (c[2], "ONNX Runtime", b.get("ort_latency_b1")),
+        (c[3], "PyTorch", b.get("torch_latency_b1")),
+    ]:
+        col.metric(
+            f"FP32 latency, {name}",
+            fmt_ms(lat),
+            border=True,
+            delta_color="off",
+            delta_arrow="off",
+            delta=f"± {lat['std_ms']:.2g} ms over {lat['repeats']} runs" if lat else None,
+            help="ms per sample at batch 1 (mean ± std); the INT8 engine's latency comes with the export (Export page)",
+        )
+
+
+with costs_row:
+    with st.spinner("timing the FP32 model in PyTorch and ONNX Runtime …"):
+        bl = baseline(key, a)
+    b = bl.to_dict() if bl is not None else {}
+    cost_cards(b)
+
 with st.expander("Run details"):
+    s = summary(key, a)
     t = s.get("timings_s", {})
     st.caption(" · ".join(f"{k.replace('_', ' ')} {v:.1f} s" for k, v in t.items()))
     if b:

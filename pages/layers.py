@@ -15,7 +15,6 @@ from pages._shared import (
     frames,
     page_header,
     ranked_layers,
-    summary,
     table,
 )
 from qanalysis import figures
@@ -52,7 +51,7 @@ with tabs[3]:
     left, right = st.columns([3, 2])
     proxy = right.selectbox("Proxy", list(PROXIES), format_func=PROXIES.get, key="w_proxy")
     left.plotly_chart(figures.proxy_scatter(layers, proxy), key="proxy_chart")
-    corr = summary(key, a)["proxy_rank_correlation"]
+    corr = a.sens.proxy_correlation  # what summary() reports, without its library-version imports
     rows = [
         {
             "proxy": PROXIES.get(p, p),

@@ -1,44 +1,242 @@
-"""Mixed precision: keep some layers in FP16 by hand and see the metric, size and float tensors."""
+"""Mixed precision: search for the cheapest config under a drop budget (Pareto fronts of metric
+vs latency and size), and keep layers in FP16 by hand with the simulated metric and size."""
 
 from __future__ import annotations
+
+import json
 
 import pandas as pd
 import streamlit as st
 
+from pages._pareto import layer_set, layers_label, pareto_figure
 from pages._shared import (
     FLOAT_LAYERS,
+    SEARCH,
     analysis_key,
-    current_analysis,
+    deploy_analysis,
+    deploy_config_json,
     float_layers,
     frames,
     human_bytes,
     page_header,
+    run_search,
     simulate_all_fp32,
     simulate_float,
     table,
     verdict_banner,
 )
 from qanalysis.analysis import verdict
+from qanalysis.errors import QAnalysisError
 
-a = current_analysis()
-key = analysis_key()
+OBJECTIVES = ("latency", "size")
+
+ss = st.session_state
+a = deploy_analysis()
+key = analysis_key(deploy_config_json())
 layers = frames(key, a)["layers"]
 names = layers["layer"].tolist()
+metric_name = a.workload.metric_name
 page_header("Mixed precision", a)
-st.info(
-    "The automatic search (`qanalysis search`: greedy under a drop budget, Pareto front of metric vs latency "
-    "and size) is not available in this version. Pick the layers to keep in FP16 by hand; the Export page "
-    "offers the resulting config.",
-    icon=":material/construction:",
-)
+if a.config.fixes:
+    st.caption(
+        f"With the fixes chosen on the Fixes page: **{', '.join(a.config.fixes)}** "
+        "(the search, the simulated metrics and the export all include them)."
+    )
 
 
 def _sync() -> None:
-    st.session_state[FLOAT_LAYERS] = list(st.session_state["w_float_layers"])
+    ss[FLOAT_LAYERS] = list(ss["w_float_layers"])
 
 
+# --------------------------------------------------------------------------- search
+
+st.subheader("Search under a drop budget")
+st.caption(
+    "Greedy search: layers ranked by metric recovered per unit of cost (kernel times from ONNX Runtime's "
+    "profiler, or parameter bytes), the shortest prefix that meets the budget, then each float layer tried "
+    "back in INT8. Every evaluated config is simulated on the evaluation data; the chosen engine is built and timed."
+)
+request = ss.get(SEARCH)
+if request and tuple(request["key"]) != key:
+    request = None  # a search of another workload, scheme or fixes
+ss.setdefault("w_max_drop", float(request["max_drop"]) if request else 1.0)
+ss.setdefault("w_objective", request["objective"] if request else "latency")
+
+
+def _request_search() -> None:
+    ss[SEARCH] = {
+        "key": list(key),
+        "max_drop": float(ss["w_max_drop"]),
+        "objective": ss["w_objective"] or "latency",
+    }
+
+
+with st.container(horizontal=True, vertical_alignment="bottom"):
+    st.number_input(
+        "Max drop (points)",
+        min_value=0.0,
+        step=0.25,
+        format="%.2f",
+        key="w_max_drop",
+        width=180,
+        help=f"the largest {metric_name} drop vs FP32 the chosen config may have",
+    )
+    st.segmented_control(
+        "Minimize",
+        OBJECTIVES,
+        key="w_objective",
+        required=True,
+        help="latency: ONNX Runtime kernel times per layer; size: bytes of the engine",
+    )
+    st.button(
+        "Run search",
+        type="primary",
+        icon=":material/travel_explore:",
+        on_click=_request_search,
+        key="w_search",
+    )
+
+if request and (ss["w_max_drop"], ss["w_objective"]) != (request["max_drop"], request["objective"]):
+    st.caption(":orange[Budget changed: press **Run search** to search again.]")
+res = None
+if request is not None:  # the last search run on this analysis (its result is cached)
+    max_drop, objective = float(request["max_drop"]), request["objective"]
+    try:
+        res = run_search(key, a, max_drop, objective)
+    except QAnalysisError as e:
+        st.error(str(e))
+
+if res is not None:
+    summ = res.summary()
+    df = res.frame()
+    chosen_row = df[df["chosen"]].iloc[0]
+    chosen_layers = res.chosen.float_layers()
+    current = frozenset(float_layers(a))
+    kept = (
+        f"{layers_label(';'.join(chosen_layers), sep=', ')} in FP16"
+        if chosen_layers
+        else "all INT8"
+    )
+    text = (
+        f"**Chosen config:** {kept} — "
+        f"{metric_name} {chosen_row['metric']:.2f}, drop {chosen_row['drop']:.2f} points "
+        f"(budget {max_drop:g}), minimizing {objective}."
+    )
+    if res.met_budget:
+        st.success(text, icon=":material/check_circle:")
+    else:
+        st.warning(
+            f"{text} {' '.join(summ['notes']) or 'The budget was not met.'}",
+            icon=":material/warning:",
+        )
+
+    def _use() -> None:
+        ss[FLOAT_LAYERS] = [n for n in names if n in set(chosen_layers)]
+
+    with st.container(horizontal=True, vertical_alignment="center"):
+        in_use = frozenset(chosen_layers) == current
+        st.button(
+            "Use this config",
+            icon=":material/check:",
+            on_click=_use,
+            disabled=in_use,
+            key="w_use_search",
+            help="keep exactly these layers in FP16 (the selection below, exported by the Export page)",
+        )
+        st.download_button(
+            "config.json",
+            res.chosen.to_json().encode(),
+            file_name="config.json",
+            mime="application/json",
+            key="download_search_config",
+            on_click="ignore",
+            icon=":material/download:",
+        )
+        st.download_button(
+            "search.json",
+            json.dumps(summ, indent=2, default=str).encode(),
+            file_name="search.json",
+            mime="application/json",
+            key="download_search_json",
+            on_click="ignore",
+            icon=":material/download:",
+        )
+        if in_use:
+            st.caption("In use: it is your current selection.")
+
+    c = st.columns(4)
+    c[0].metric(
+        "Configs evaluated",
+        f"{summ['n_evaluations']}",
+        border=True,
+        help=f"full-model simulations for {summ['n_layers']} layers, in {summ['seconds']:.1f} s "
+        "(engine profiling and timing included)",
+    )
+    c[1].metric(
+        "Predicted latency",
+        f"{summ['predicted_latency_ms']:.3f} ms",
+        border=True,
+        help="the cost model: per-layer kernel times from ONNX Runtime's profiler, batch 1",
+    )
+    measured = summ.get("measured_latency_ms")
+    err = summ.get("latency_prediction_error_pct")
+    c[2].metric(
+        "Measured latency",
+        "n/a" if measured is None else f"{measured:.3f} ms",
+        border=True,
+        delta=None if err is None else f"cost model {err:+.0f}%",
+        delta_color="off",
+        delta_arrow="off",
+        help="the chosen config's engine built and timed end to end (batch 1, mean)"
+        + (
+            ""
+            if summ.get("measured_latency_std_ms") is None
+            else f"; ± {summ['measured_latency_std_ms']:.3f} ms std"
+        ),
+    )
+    int8_ms, fp32_ms = summ.get("int8_latency_ms"), summ.get("fp32_latency_ms")
+    c[3].metric(
+        "All-INT8 engine",
+        "n/a" if int8_ms is None else f"{int8_ms:.3f} ms",
+        border=True,
+        delta=None if fp32_ms is None else f"FP32 {fp32_ms:.3f} ms",
+        delta_color="off",
+        delta_arrow="off",
+        help="measured latency of the fully quantized engine and of the FP32 model in ONNX Runtime (batch 1)",
+    )
+
+    fig_args = {
+        "metric_name": metric_name,
+        "fp32_metric": a.fp32_metric,
+        "max_drop": max_drop,
+        "current": current,
+    }
+    left, right = st.columns(2)
+    left.plotly_chart(
+        pareto_figure(df, "latency", measured_latency_ms=measured, **fig_args),
+        key="pareto_latency_chart",
+    )
+    right.plotly_chart(pareto_figure(df, "size", **fig_args), key="pareto_size_chart")
+    mine = df["float_layers"].map(layer_set) == current
+    st.caption(
+        "Every evaluated config is a point (hover for its layers, drop and cost); the front is connected; "
+        "the star is the chosen config"
+        + (
+            "; the green ring is your current selection."
+            if mine.any()
+            else ". Your current selection was not evaluated by the search, so it has no point."
+        )
+    )
+    with st.expander(f"All {len(df)} evaluated configs"):
+        table(df, "pareto", height=260)
+
+
+# --------------------------------------------------------------------------- by hand
+
+st.subheader("Your config: layers kept in FP16")
+st.caption("What the Export page builds. Pick layers by hand, or use the searched config above.")
 recommended = layers.loc[layers["recommendation"].str.startswith("keep in FP16"), "layer"].tolist()
-st.session_state["w_float_layers"] = float_layers(a)
+ss["w_float_layers"] = float_layers(a)
 c1, c2 = st.columns([5, 2], vertical_alignment="bottom")
 c1.multiselect(
     "Layers kept in FP16",
@@ -55,42 +253,40 @@ if buttons.button(
     key="w_add_recommended",
     help="the layers whose measured recommendation is 'keep in FP16'",
 ):
-    st.session_state[FLOAT_LAYERS] = [
-        n for n in names if n in set(float_layers(a)) | set(recommended)
-    ]
+    ss[FLOAT_LAYERS] = [n for n in names if n in set(float_layers(a)) | set(recommended)]
     st.rerun()
 if buttons.button("Clear", icon=":material/clear:", disabled=not float_layers(a), key="w_clear"):
-    st.session_state[FLOAT_LAYERS] = []
+    ss[FLOAT_LAYERS] = []
     st.rerun()
 
 chosen = float_layers(a)
 all_int8 = simulate_float(key, [], a)
-res = simulate_float(key, chosen, a)
+res_hand = simulate_float(key, chosen, a)
 fp32 = simulate_all_fp32(key, a)
 
-verdict_banner(verdict(res.drop), res.drop, prefix="This config")
+verdict_banner(verdict(res_hand.drop), res_hand.drop, prefix="This config")
 c = st.columns(4)
-gained = res.metric - all_int8.metric
+gained = res_hand.metric - all_int8.metric
 c[0].metric(
-    f"{a.workload.metric_name}, simulated",
-    f"{res.metric:.2f}",
+    f"{metric_name}, simulated",
+    f"{res_hand.metric:.2f}",
     border=True,
     delta=None if not chosen else f"{gained:+.2f} vs all INT8",
 )
-c[1].metric("Drop vs FP32 (points)", f"{res.drop:.2f}", border=True)
+c[1].metric("Drop vs FP32 (points)", f"{res_hand.drop:.2f}", border=True)
 c[2].metric(
     "Weights",
-    human_bytes(res.weight_bytes),
+    human_bytes(res_hand.weight_bytes),
     delta_color="inverse",
     delta=None
     if not chosen
-    else f"+{human_bytes(res.weight_bytes - all_int8.weight_bytes)} vs all INT8",
+    else f"+{human_bytes(res_hand.weight_bytes - all_int8.weight_bytes)} vs all INT8",
     border=True,
     help=f"FP32 weights: {human_bytes(fp32.weight_bytes)}",
 )
 c[3].metric(
     "Tensors left in float",
-    f"{len(res.float_tensors)}",
+    f"{len(res_hand.float_tensors)}",
     border=True,
     help="activations no longer quantized because the layers around them stay in float",
 )
@@ -116,18 +312,18 @@ with left:
             },
             {
                 "config": "this config",
-                "metric": res.metric,
-                "drop": res.drop,
-                "weight_bytes": res.weight_bytes,
-                "float_layers": len(res.float_layers),
+                "metric": res_hand.metric,
+                "drop": res_hand.drop,
+                "weight_bytes": res_hand.weight_bytes,
+                "float_layers": len(res_hand.float_layers),
             },
         ]
     )
     table(compared, "mixed_precision_configs")
 with right:
-    st.markdown(f"**Tensors that stay float** ({len(res.float_tensors)})")
-    if res.float_tensors:
-        table(pd.DataFrame({"tensor": res.float_tensors}), "float_tensors", height=180)
+    st.markdown(f"**Tensors that stay float** ({len(res_hand.float_tensors)})")
+    if res_hand.float_tensors:
+        table(pd.DataFrame({"tensor": res_hand.float_tensors}), "float_tensors", height=180)
     else:
         st.caption("None: every quantizable tensor gets Q/DQ.")
 
@@ -142,4 +338,6 @@ guide = guide.assign(fp16=guide["layer"].isin(chosen)).sort_values(
     "metric_drop_all_but", ascending=False
 )
 table(guide, "layer_float_gains", height=300)
-st.page_link("pages/export.py", label="Export this config", icon=":material/arrow_forward:")
+st.page_link(
+    "pages/export.py", label="Build and verify this config", icon=":material/arrow_forward:"
+)

@@ -23,6 +23,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from pages import _shared  # the same module (and caches) the app imports
+from qanalysis.fixes import list_fixes
 
 PAGES = [
     "pages/home.py",
@@ -121,13 +122,19 @@ def test_every_page_renders(page: str) -> None:
         assert len(at.get("plotly_chart")) == 2  # histogram, channel ranges
         assert metric(at, "Channels").isdigit()
     elif page == "pages/fixes.py":
-        assert "not available in this version" in texts(at.info)
+        available = list_fixes()
+        if available:
+            assert at.multiselect(key="w_fixes").options == available
+            assert "Pick fixes and press **Apply**" in texts(at.caption)
+        else:
+            assert "not available in this version" in texts(at.info)
     elif page == "pages/mixed_precision.py":
-        assert "not available in this version" in texts(at.info)
+        assert at.number_input(key="w_max_drop").value == 1.0
+        assert at.segmented_control(key="w_objective").value == "latency"
+        assert not at.get("plotly_chart")  # no search run yet
         assert at.multiselect(key="w_float_layers").options == names
         assert metric(at, "Tensors left in float") == "0"
     elif page == "pages/export.py":
-        assert "not available in this version" in texts(at.info)
         config = json.loads(at.code[0].value)
         assert config["layers"] == {} and config["scheme"] == a.config.scheme.to_dict()
         labels = {b.label for b in at.get("download_button")}
@@ -138,6 +145,8 @@ def test_every_page_renders(page: str) -> None:
             "summary.json",
             "report.html",
         } <= labels
+        assert at.segmented_control(key="w_export_mode").value == "int8"
+        assert not at.metric  # nothing built before "Build engines"
 
 
 def test_pick_another_sample_and_run() -> None:
@@ -212,6 +221,13 @@ def test_scheme_change_reanalyzes() -> None:
     assert "W4s-per_tensor" in texts(at.caption)
     assert metric(at, "INT8 metric") == f"{a.int8_metric:.2f}"
 
+    # ONNX Runtime has no static int4 kernels: the engine pages say so in one line.
+    goto(at, "pages/export.py")
+    at.button(key="w_build").click().run()
+    assert not at.exception, at.exception
+    assert "simulated only" in texts(at.error)
+    assert not at.metric
+
 
 def test_user_errors_are_one_line_not_tracebacks() -> None:
     at = start()
@@ -232,3 +248,128 @@ def test_user_errors_are_one_line_not_tracebacks() -> None:
     assert not at.exception, at.exception
     assert at.session_state["source"] == "torchvision:resnet18"
     assert "data folder not found" in texts(at.error)
+
+
+def figure(at: AppTest, key: str) -> dict:
+    """The plotly figure spec of the chart with this key."""
+    charts = [c for c in at.get("plotly_chart") if c.proto.id.endswith(key) or key in c.proto.id]
+    assert charts, f"no chart {key!r}"
+    return json.loads(charts[0].proto.spec)
+
+
+def traces(fig: dict) -> dict[str, dict]:
+    return {t.get("name"): t for t in fig["data"]}
+
+
+def test_search_use_config_then_export_the_engine() -> None:
+    at = goto(start(PLANTED), "pages/mixed_precision.py")
+    at.number_input(key="w_max_drop").set_value(1.0)
+    at.segmented_control(key="w_objective").set_value("latency")
+    at.button(key="w_search").click().run()
+    assert not at.exception, at.exception
+    a = analysis_of(at)
+    res = _shared.cached_search(tuple(at.session_state["search"]["key"]), 1.0, "latency", a)
+    assert res.chosen.float_layers() == ["conv2.conv"]  # the planted outliers, nothing else
+    assert "**Chosen config:** conv2.conv in FP16" in texts(at.success)
+    assert int(metric(at, "Configs evaluated")) == res.n_evaluations >= 2
+    assert metric(at, "Measured latency").endswith("ms")
+
+    lat = traces(figure(at, "pareto_latency_chart"))
+    size = traces(figure(at, "pareto_size_chart"))
+    frame = res.frame()
+    all_int8 = int(frame.loc[frame["float_layers"] == "", "config_id"].iloc[0])
+    for fig in (lat, size):
+        assert {"Pareto front", "chosen", "your selection"} <= set(fig)
+        assert fig["your selection"]["customdata"][0][0] == all_int8  # nothing picked yet
+    # every evaluated config is a point (on the front or not), each with its hover data
+    assert sum(len(t["x"]) for n, t in lat.items() if n in ("evaluated", "Pareto front")) == len(
+        frame
+    )
+    assert "float layers" in lat["Pareto front"]["hovertemplate"]
+    assert lat["chosen"]["customdata"][0][0] == res.chosen_id
+    labels = {b.label for b in at.get("download_button")}
+    assert {"config.json", "search.json", "pareto.csv"} <= labels
+
+    at.button(key="w_use_search").click().run()
+    assert not at.exception, at.exception
+    assert at.session_state["float_layers"] == ["conv2.conv"]
+    assert at.multiselect(key="w_float_layers").value == ["conv2.conv"]
+    assert at.button(key="w_use_search").disabled
+    mine = traces(figure(at, "pareto_latency_chart"))["your selection"]
+    assert mine["customdata"][0][0] == res.chosen_id
+    simulated = float(metric(at, "metric, simulated"))
+
+    goto(at, "pages/export.py")
+    config = json.loads(at.code[0].value)
+    assert config["layers"] == {"conv2.conv": "fp16"}
+    at.button(key="w_build").click().run()
+    assert not at.exception, at.exception
+    assert not at.error, texts(at.error)
+    engine, sim = float(metric(at, "INT8 engine")), float(metric(at, "Simulated"))
+    assert abs(engine - sim) <= 0.3
+    assert abs(sim - simulated) <= 1e-6 + 0.005  # the page's simulation is the export's
+    ss = at.session_state
+    built = _shared.cached_export(
+        ss["source"], ss["data"], _shared._stamp(ss["source"]), at.code[0].value, "int8"
+    )
+    assert built.report.float_layers == ["conv2.conv"] == at.session_state["float_layers"]
+    assert "`conv2.conv`" in texts(at.markdown)
+    labels = {b.label.split(" (")[0] for b in at.get("download_button")}
+    assert {
+        "model_fp32.onnx",
+        "model_int8.onnx",
+        "config.json",
+        "export.json",
+        "report.html",
+    } <= labels
+    assert json.loads((built.folder / "config.json").read_text())["layers"] == {
+        "conv2.conv": "fp16"
+    }
+
+
+@pytest.mark.skipif("cle" not in list_fixes(), reason="the core has no 'cle' fix yet")
+def test_fixes_compare_and_reach_mixed_precision_and_export() -> None:
+    at = goto(start(PLANTED), "pages/fixes.py")
+    at.multiselect(key="w_fixes").select("cle").run()
+    assert "Selection changed" in texts(at.caption)
+    assert at.session_state["fixes"] == []  # nothing applied before Apply
+    at.button(key="w_apply_fixes").click().run()
+    assert not at.exception, at.exception
+    ss = at.session_state
+    assert ss["fixes"] == ["cle"]
+    a = analysis_of(at)
+    compared = next(df.value for df in at.dataframe if "config" in df.value.columns)
+    assert list(compared["config"]) == ["FP32", "PTQ", "PTQ + cle"]
+    assert compared["metric"].iloc[1] == pytest.approx(a.int8_metric)
+    # CLE spreads the planted channels: most of the 10 points come back
+    assert compared["metric"].iloc[2] > a.int8_metric + 5
+    assert "cle:" in texts(at.caption)  # the fix's own notes
+    assert "fixes: cle" in texts(at.sidebar.caption)
+
+    # The layer's recommendation names CLE: preview it alone (compare.preview_fix, when present).
+    if at.get("selectbox") and any(sb.key == "w_preview_layer" for sb in at.selectbox):
+        at.selectbox(key="w_preview_layer").select("conv2.conv").run()
+        assert at.selectbox(key="w_preview_fix").value == "cle"
+        at.button(key="w_preview").click().run()
+        assert not at.exception, at.exception
+        assert float(metric(at, "Gain (points)")) > 5
+        assert metric(at, "With cle") == f"{compared['metric'].iloc[2]:.2f}"
+
+    goto(at, "pages/mixed_precision.py")
+    assert "**cle**" in texts(at.caption)
+    assert float(metric(at, "metric, simulated")) == pytest.approx(
+        compared["metric"].iloc[2], abs=0.01
+    )
+    goto(at, "pages/export.py")
+    assert json.loads(at.code[0].value)["fixes"] == ["cle"]
+
+
+def test_fixes_page_without_fixes_in_the_core(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The page also works on a core without fixes (or without compare.preview_fix): no fake UI."""
+    import qanalysis.fixes
+
+    monkeypatch.setattr(qanalysis.fixes, "list_fixes", list)  # -> []
+    at = goto(start(PLANTED), "pages/fixes.py")
+    assert "not available in this version" in texts(at.info)
+    assert not at.main.multiselect and not at.main.button
+    assert "conv2.conv" in set(at.dataframe[0].value["layer"])  # where a fix would help

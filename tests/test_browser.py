@@ -144,11 +144,28 @@ def test_dashboard_in_chromium(tmp_path: Path) -> None:
                     page.get_by_text(marker, exact=True).first.wait_for(timeout=60_000)
                     page.wait_for_load_state("networkidle")
                     assert_no_exception(page, title)
+                    if title == "Mixed precision":
+                        # The search's Pareto charts are drawn by plotly.js in the page.
+                        page.get_by_role("button", name="Run search").click()
+                        page.get_by_text("Chosen config:").first.wait_for(timeout=120_000)
+                        charts = page.locator('[data-testid="stPlotlyChart"] .main-svg')
+                        charts.first.wait_for(timeout=30_000)
+                        assert_no_exception(page, "Mixed precision search")
+                    if title == "Export":
+                        page.get_by_role("button", name="Build engines").click()
+                        page.get_by_text("Engine vs simulation, layer by layer").first.wait_for(
+                            timeout=120_000
+                        )
+                        page.get_by_role("button", name="model_int8.onnx").wait_for(timeout=30_000)
+                        assert_no_exception(page, "Export build")
                     page.screenshot(
                         path=str(tmp_path / f"{title.lower().replace(' ', '_')}.png"),
                         full_page=True,
                     )
-                assert page.locator('[data-testid="stPlotlyChart"]').count() >= 1
+                # Plotly charts mount lazily: wait for the Summary's per-class chart to draw.
+                page.locator('[data-testid="stPlotlyChart"] .main-svg').first.wait_for(
+                    timeout=30_000
+                )
             finally:
                 browser.close()
     finally:
