@@ -92,22 +92,18 @@ def flips_frame(wl: Workload, fp: torch.Tensor, q: torch.Tensor) -> pd.DataFrame
 
 
 def library_versions() -> dict[str, str]:
-    import numpy
-    import onnx
-    import onnxruntime
-    import torchvision
+    """Installed versions, read from package metadata (importing torchvision costs seconds)."""
+    from importlib.metadata import PackageNotFoundError, version
 
     from . import __version__
 
-    return {
-        "qanalysis": __version__,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "onnx": onnx.__version__,
-        "onnxruntime": onnxruntime.__version__,
-        "numpy": numpy.__version__,
-    }
+    out = {"qanalysis": __version__, "python": platform.python_version()}
+    for pkg in ("torch", "torchvision", "onnx", "onnxruntime", "numpy", "streamlit"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
 
 
 @dataclass
