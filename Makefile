@@ -15,6 +15,8 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 app: setup
+	@# export + ORT plan of the default sample into ~/.cache/qanalysis, so the first page shows in seconds
+	@$(BIN)/python -c "from qanalysis.graph import prepare; from qanalysis.workload import load_sample; prepare(load_sample('digits_cnn'))"
 	$(BIN)/streamlit run app.py --server.address 127.0.0.1 --server.headless true
 
 test: setup
