@@ -4,6 +4,7 @@
     qanalysis analyze MODEL --out DIR [--config CONFIG.json] [--data DIR]
     qanalysis search  MODEL --max-drop PCT [--objective latency|size] --out DIR [--config CONFIG.json]
     qanalysis export  MODEL --out DIR [--config CONFIG.json] [--mode int8|dynamic|fp16]
+    qanalysis compare MODEL --configs A.json B.json ... --out DIR
 
 MODEL is ``sample:NAME``, ``torchvision:ARCH[@WEIGHTS.pt]`` (with ``--data``) or a spec
 file path. Errors print one ``error: ...`` line on stderr and exit 2; progress goes to
@@ -60,6 +61,13 @@ def _parser() -> argparse.ArgumentParser:
     e = model_cmd("export", "verified ONNX Runtime engines for a config")
     e.add_argument("--mode", choices=["int8", "dynamic", "fp16"], default="int8",
                    help="int8: static QDQ engine (default); dynamic: weights-only INT8; fp16")  # fmt: skip
+    c = sub.add_parser("compare", help="FP32 and each config side by side: simulated, engine, size, latency")
+    c.add_argument("model", metavar="MODEL", help="sample:NAME | torchvision:ARCH[@WEIGHTS.pt] | path/to/spec.py")
+    c.add_argument("--configs", required=True, nargs="+", type=Path, metavar="CONFIG.json",
+                   help="config files; each one's label is its file stem")  # fmt: skip
+    c.add_argument("--out", required=True, type=Path, help="output folder")
+    c.add_argument("--data", type=Path, help="image folder (one sub-folder per class) for torchvision models")
+    c.add_argument("--quiet", action="store_true", help="no progress on stderr")
     return p
 
 
@@ -165,6 +173,25 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compare(args: argparse.Namespace) -> int:
+    from .compare import compare, load_configs
+    from .report import write_csv, write_json
+    from .workload import load_workload
+
+    configs = load_configs(args.configs)
+    say = _progress(args.quiet)
+    with _output_folder(args.out) as out:
+        say(f"loading {args.model}")
+        wl = load_workload(args.model, args.data)
+        res = compare(wl, configs, out, progress=say)
+        write_csv(res.to_frame(), out / "compare.csv")
+        write_json(res.to_dict(), out / "compare.json")
+    print(f"{wl.name} ({wl.metric_name}):")
+    print(res.table())
+    print(f"wrote compare.csv, compare.json and one engine folder per config to {out}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = _parser().parse_args(argv)
@@ -180,6 +207,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _export(args)
         if args.cmd == "search":
             return _search(args)
+        if args.cmd == "compare":
+            return _compare(args)
         raise QAnalysisError(f"unknown command {args.cmd}")  # pragma: no cover
     except QAnalysisError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -16,8 +16,8 @@ MatMul (3-D Linear)         [in, out]            1         0        the followin
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Iterable, Mapping
 
 import torch
 
@@ -148,3 +148,43 @@ def fused_activation(qg: QuantGraph, tensor: str) -> int | None:
     if c is not None and qg.program.nodes[c].op == "Relu":
         return c
     return None
+
+
+# --------------------------------------------------------------------------- trial weights
+
+
+def graph_with(qg: QuantGraph, new: Mapping[str, torch.Tensor]) -> QuantGraph:
+    """An in-memory copy of ``qg`` whose float graph has ``new`` initializer values (nothing saved;
+    ``fixes.with_initializers`` makes the real one once a fix has decided)."""
+    import copy
+
+    out = copy.copy(qg)
+    prog = copy.copy(qg.program)
+    prog.initializers = {**qg.program.initializers, **{k: v.detach().float() for k, v in new.items()}}
+    out.program = prog
+    return out
+
+
+def calibration_error(ctx, new: Mapping[str, torch.Tensor], reference: list[torch.Tensor]) -> float:
+    """Σ ‖y_ref − ŷ‖² over the calibration batches, ŷ the quantized model of ``ctx.config`` with
+    ``new`` initializer values, re-calibrated as ``apply_fixes`` would re-calibrate it."""
+    from ..calibrate import collect_stats
+
+    qg = graph_with(ctx.qg, new) if new else ctx.qg
+    a = ctx.scheme.activations
+    stats = collect_stats(qg.program, ctx.workload.calibration, qg.quantized_tensors,
+                          histograms=a.calibration != "minmax" and not a.dynamic)  # fmt: skip
+    sim = Simulator(qg, stats, ctx.scheme)
+    sim.weight_qparams_override.update(ctx.weight_qparams)
+    plan = sim.plan(ctx.config)
+    err = 0.0
+    with torch.inference_mode():
+        for x, ref in zip(ctx.workload.calibration, reference):
+            err += float(((sim.output(sim.run(feeds_of(qg, x), plan)) - ref).double() ** 2).sum())
+    return err
+
+
+def calibration_reference(qg: QuantGraph, wl: Workload) -> list[torch.Tensor]:
+    """The float graph's outputs on the calibration batches."""
+    with torch.inference_mode():
+        return [qg.program.run(feeds_of(qg, x))[qg.program.outputs[0]].float() for x in wl.calibration]

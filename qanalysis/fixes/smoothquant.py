@@ -33,6 +33,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..scheme import QParams, QRange, compute_scale_zp
+from ..simulate import fake_quant, quantize_weight
 from . import FixContext, FixResult, register_fix
 from ._graph import Linear, channel_absmax, linears, scale_along
 from .cle import find_pairs
@@ -131,8 +133,6 @@ class _Objective:
     too, as ORT quantizes it). Activations use a min-max per-tensor grid of X/s."""
 
     def __init__(self, ctx: FixContext, g: Group, cur, n_batches: int | None = None):
-        from ..scheme import QRange, compute_scale_zp  # noqa: F401
-
         qg, prog = ctx.qg, ctx.qg.program
         self.ctx, self.g, self.cur = ctx, g, cur
         ln_node = next((n for n in prog.nodes if n.name == g.producer), None) if g.source == "layernorm" else None
@@ -150,9 +150,6 @@ class _Objective:
         self.ref = [[_matmul(x, cur(c.weight), c) for c in g.consumers] for x in self.xs]
 
     def __call__(self, s: torch.Tensor) -> float:
-        from ..scheme import QRange, compute_scale_zp
-        from ..simulate import QParams, fake_quant, quantize_weight
-
         ctx, g = self.ctx, self.g
         sch = ctx.scheme
         sb = s.repeat_interleave(g.repeat) if g.repeat > 1 else s
@@ -246,8 +243,7 @@ def smoothquant(ctx: FixContext) -> FixResult:
         why = "smoothing did not lower the quantized output error of any candidate" if kept else "no calibration statistics"
         return FixResult(notes=[f"nothing smoothed: {why}"])
     ctx.progress(f"smoothquant: smoothed {len(done)} activation(s)")
-    return FixResult(
-        weights={n: v.to(prog.initializers[n].dtype) for n, v in w.items()},
-        notes=[f"smoothed {len(done)} activation(s) ({'; '.join(done)}); largest channel scale ×{math.exp(worst):.3g}"
-               + (f"; left {len(kept)} as they were (no α lowered the error): {', '.join(kept)}" if kept else "")],  # fmt: skip
-    )
+    note = f"smoothed {len(done)} activation(s) ({'; '.join(done)}); largest channel scale ×{math.exp(worst):.3g}"
+    if kept:
+        note += f"; left {len(kept)} as they were (no α lowered the error): {', '.join(kept)}"
+    return FixResult(weights={n: v.to(prog.initializers[n].dtype) for n, v in w.items()}, notes=[note])

@@ -1,0 +1,226 @@
+"""FP32 / PTQ / PTQ + fixes / QAT side by side (DESIGN.md step 7), and one fix's measured gain.
+
+``compare`` runs each config twice over: simulated (metric, drop against the original FP32
+model, the worst per-class delta) and as a real engine through ``export`` (engine metric, file
+size, batch-1 latency). Configs the engine cannot run (4-bit weights, group-wise) get their
+simulated columns and a note saying why the engine columns are empty. ``preview_fix`` is the
+measurement behind a "try this fix" recommendation: the config's simulated metric without and
+with the fix.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from .errors import ConfigError, ExportError
+from .scheme import Config
+from .workload import Workload
+
+Progress = Callable[[str], None]
+FP32_LABEL = "FP32"
+COLUMNS = [
+    "config", "fixes", "scheme", "simulated_metric", "drop", "worst_class", "worst_class_delta",
+    "engine_metric", "sim_engine_gap", "engine_size_bytes", "latency_ms", "latency_std_ms", "note",
+]  # fmt: skip
+
+
+@dataclass
+class CompareRow:
+    config: str
+    fixes: str
+    scheme: str
+    simulated_metric: float
+    drop: float
+    worst_class: str | None = None
+    worst_class_delta: float | None = None
+    engine_metric: float = math.nan
+    engine_size_bytes: int | None = None
+    latency_ms: float = math.nan
+    latency_std_ms: float = math.nan
+    note: str = ""
+
+    @property
+    def sim_engine_gap(self) -> float:
+        return abs(self.simulated_metric - self.engine_metric)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "sim_engine_gap": self.sim_engine_gap}
+
+
+@dataclass
+class Comparison:
+    model: str
+    metric_name: str
+    rows: list[CompareRow]
+    fix_notes: dict[str, list[str]] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def to_frame(self) -> pd.DataFrame:
+        df = pd.DataFrame([r.to_dict() for r in self.rows], columns=COLUMNS)
+        df["engine_size_bytes"] = df["engine_size_bytes"].astype("Int64")
+        return df
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": self.model, "metric_name": self.metric_name, "rows": [r.to_dict() for r in self.rows],
+                "fix_notes": self.fix_notes, "seconds": self.seconds}  # fmt: skip
+
+    def table(self) -> str:
+        def f(x: float | None, nd: int = 2) -> str:
+            return "" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{x:.{nd}f}"
+
+        head = ("config", f"simulated {self.metric_name}", "drop", "worst class Δ", "engine", "size (KB)", "latency (ms)")
+        rows = [head]
+        for r in self.rows:
+            worst = f"{f(r.worst_class_delta)} ({r.worst_class})" if r.worst_class is not None else ""
+            size = f"{r.engine_size_bytes / 1e3:.1f}" if r.engine_size_bytes else ""
+            lat = f"{r.latency_ms:.3f} ± {r.latency_std_ms:.3f}" if math.isfinite(r.latency_ms) else ""
+            rows.append((r.config, f(r.simulated_metric), f(r.drop), worst, f(r.engine_metric), size, lat))
+        w = [max(len(row[i]) for row in rows) for i in range(len(head))]
+        lines = ["  ".join(c.ljust(w[i]) for i, c in enumerate(row)) for row in rows]
+        lines += [f"{r.config}: {r.note}" for r in self.rows if r.note]
+        return "\n".join(lines)
+
+
+def load_configs(paths: Sequence[str | Path]) -> dict[str, Config]:
+    """Config files → {label: Config}; a config's label is its file stem."""
+    out: dict[str, Config] = {}
+    for p in paths:
+        label = Path(p).stem
+        if label == FP32_LABEL:
+            raise ConfigError(f"config {p}: the label {FP32_LABEL!r} is taken by the FP32 reference row; rename the file")
+        if label in out:
+            raise ConfigError(f"two configs are labelled {label!r} (labels are file stems); rename one")
+        out[label] = Config.load(p)
+    if not out:
+        raise ConfigError("compare needs at least one config file")
+    return out
+
+
+def _simulate(wl: Workload, config: Config, progress: Progress):
+    from .analysis import check_config, prepare_simulator
+    from .graph import prepare
+
+    qg = prepare(wl, config.scheme)
+    check_config(config, qg)
+    sim, _, notes, _ = prepare_simulator(wl, qg, config, progress=progress)
+    plan = sim.plan(config)
+    with torch.inference_mode():
+        outs = torch.cat([sim.output(sim.run(dict(zip(sim.qg.input_names, x)), plan)) for x, _ in wl.evaluation])
+    return outs, notes
+
+
+def fp32_outputs(wl: Workload) -> torch.Tensor:
+    """The original float graph's outputs on the evaluation data (the FP32 reference)."""
+    from .graph import prepare
+
+    qg = prepare(wl)
+    with torch.inference_mode():
+        return torch.cat([qg.program.run(dict(zip(qg.input_names, x)))[qg.program.outputs[0]].float() for x, _ in wl.evaluation])
+
+
+def compare(
+    wl: Workload,
+    configs: Mapping[str, Config],
+    out: Path,
+    *,
+    progress: Progress | None = None,
+    repeats: int = 20,
+    engines: bool = True,
+) -> Comparison:
+    """FP32 and each config, simulated and (where the engine supports it) exported to ``out/LABEL``."""
+    from .analysis import check_config
+    from .baseline import first_sample, time_calls
+    from .engine import run_session, session
+    from .graph import prepare
+
+    say = progress or (lambda m: None)
+    t0 = time.perf_counter()
+    for label, cfg in configs.items():  # every config is valid before any work starts
+        check_config(cfg, prepare(wl, cfg.scheme))
+    say("FP32 reference: simulated and ONNX Runtime")
+    fp = fp32_outputs(wl)
+    fp_metric = wl.score(fp)
+    qg = prepare(wl)
+    fp_row = CompareRow(config=FP32_LABEL, fixes="", scheme="fp32", simulated_metric=fp_metric, drop=0.0)
+    if engines:
+        sess = session(qg.float_path)
+        fp_row.engine_metric = wl.score(torch.cat([run_session(sess, x) for x, _ in wl.evaluation]))
+        fp_row.engine_size_bytes = qg.float_path.stat().st_size
+        lat = time_calls(lambda: run_session(sess, first_sample(wl.evaluation[0][0])), 1, repeats=repeats)
+        fp_row.latency_ms, fp_row.latency_std_ms = lat.mean_ms, lat.std_ms
+    rows = [fp_row]
+    notes: dict[str, list[str]] = {}
+    created: list[Path] = []
+    try:
+        for label, cfg in configs.items():
+            rows.append(_compare_one(wl, label, cfg, fp, fp_metric, out, notes, created, engines, repeats, say))
+    except BaseException:  # no half-finished engine folders from this run
+        for d in created:
+            shutil.rmtree(d, ignore_errors=True)
+        raise
+    return Comparison(wl.name, wl.metric_name, rows, notes, time.perf_counter() - t0)
+
+
+def _compare_one(
+    wl: Workload, label: str, cfg: Config, fp: torch.Tensor, fp_metric: float, out: Path,
+    notes: dict[str, list[str]], created: list[Path], engines: bool, repeats: int, say: Progress,
+) -> CompareRow:  # fmt: skip
+    from .analysis import per_class_frame
+    from .export import export
+
+    say(f"{label}: simulating" + (f" with {', '.join(cfg.fixes)}" if cfg.fixes else ""))
+    q, notes[label] = _simulate(wl, cfg, say)
+    metric = wl.score(q)
+    row = CompareRow(config=label, fixes="+".join(cfg.fixes), scheme=cfg.scheme.label(),
+                     simulated_metric=metric, drop=fp_metric - metric)  # fmt: skip
+    pc = per_class_frame(wl, fp, q)
+    if pc is not None and len(pc):
+        worst = pc.sort_values("delta").iloc[0]
+        row.worst_class, row.worst_class_delta = str(worst["class"]), float(worst["delta"])
+    if not engines:
+        return row
+    say(f"{label}: building and verifying the engine")
+    dest = out / label
+    if not dest.exists():
+        created.append(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    try:
+        rep = export(wl, cfg, dest, repeats=repeats, progress=say)
+    except ExportError as e:  # e.g. 4-bit weights: simulated only
+        if dest in created:
+            shutil.rmtree(dest, ignore_errors=True)
+            created.remove(dest)
+        row.note = f"engine not built: {e}"
+        return row
+    row.engine_metric = rep.engine_metric
+    row.engine_size_bytes = rep.int8_size_bytes
+    row.latency_ms, row.latency_std_ms = rep.int8_latency_ms, rep.int8_latency_std_ms
+    if abs(rep.simulated_metric - metric) > 1e-9:
+        row.note = f"the export's own simulation gave {rep.simulated_metric:.3f}"
+    return row
+
+
+def preview_fix(wl: Workload, config: Config, fix_name: str, *, progress: Progress | None = None) -> dict[str, Any]:
+    """The measured effect of adding ``fix_name`` to ``config`` (simulated, evaluation data):
+    ``{"fix", "metric_before", "metric_after", "gain", "notes"}``."""
+    from .fixes import FIXES, list_fixes
+
+    avail = list_fixes()
+    if fix_name not in FIXES:
+        raise ConfigError(f"unknown fix {fix_name!r}; available: {', '.join(avail) or 'none in this version'}")
+    before = Config(scheme=config.scheme, layers=config.layers, fixes=tuple(f for f in config.fixes if f != fix_name))
+    after = Config(scheme=config.scheme, layers=config.layers, fixes=(*before.fixes, fix_name))
+    say = progress or (lambda m: None)
+    q0, _ = _simulate(wl, before, say)
+    q1, notes = _simulate(wl, after, say)
+    m0, m1 = wl.score(q0), wl.score(q1)
+    return {"fix": fix_name, "metric_before": m0, "metric_after": m1, "gain": m1 - m0, "notes": notes}
