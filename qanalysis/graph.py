@@ -40,6 +40,8 @@ from .workload import Inputs, Workload
 
 OPSET = 18
 # ORT shares the input's scale for these ops' outputs (QDQDirect8BitOp & friends).
+WEIGHT_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul", "LayerNormalization", "InstanceNormalization",
+              "BatchNormalization", "Gather", "GatherElements", "Einsum"}  # fmt: skip
 PASSTHROUGH_OPS = {
     "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "MaxPool", "AveragePool", "Slice",
     "Resize", "Split", "Gather", "GatherElements", "Pad", "TopK", "Identity", "Expand", "Tile",
@@ -181,6 +183,7 @@ class Layer:
     weights: list[tuple[int, str]]  # (input position, initializer) quantized like weights
     bias: tuple[int, str] | None  # int32 bias, scale = s_x · s_w
     output: str
+    consts: list[tuple[int, str]]  # constant inputs ORT quantizes like activations (own range)
     params: int
     order: int = 0
     module: str = ""  # the leaf module (Linear, Conv…) this op belongs to, if any
@@ -371,12 +374,17 @@ def build_layers(prog: Program, act_owner: dict, weights: dict, edges: set) -> t
             continue
         if not ws and (n.op in PASSTHROUGH_OPS or n.op not in _ORT_QUANT_OPS):
             continue  # shares its input's grid, or ORT runs it in float between DQ and Q
-        wlist = [(p, name) for p, name, dt, _ in ws if dt != onnx.TensorProto.INT32]
+        # ORT quantizes a *weight* input of Conv/Gemm/MatMul/norms with the weight type; any
+        # other constant input (an Add's bias after a MatMul, a positional embedding, a Mul's
+        # scale) it quantizes like an activation: its own min/max, the activation grid.
+        is_weight_op = n.op in WEIGHT_OPS
+        wlist = [(p, name) for p, name, dt, _ in ws if dt != onnx.TensorProto.INT32 and is_weight_op]
+        clist = [(p, name) for p, name, dt, _ in ws if dt != onnx.TensorProto.INT32 and not is_weight_op]
         blist = [(p, name) for p, name, dt, _ in ws if dt == onnx.TensorProto.INT32]
         for p, name, dt, ax in ws:
             if dt != onnx.TensorProto.INT32:
                 weight_axis[name] = ax
-        params = sum(int(prog.initializers[name].numel()) for _, name in wlist + blist if name in prog.initializers)
+        params = sum(int(prog.initializers[name].numel()) for _, name in wlist + blist + clist if name in prog.initializers)
         layers.append(
             Layer(
                 name="",
@@ -385,6 +393,7 @@ def build_layers(prog: Program, act_owner: dict, weights: dict, edges: set) -> t
                 op_type=n.op,
                 act_inputs=act,
                 weights=wlist,
+                consts=clist,
                 bias=blist[0] if blist else None,
                 output=n.outputs[0],
                 params=params,

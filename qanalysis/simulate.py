@@ -204,6 +204,12 @@ class Simulator:
                 else:
                     bs = (aq.scale * wqp.scale).float()
                     v = torch.round(b / bs) * bs
+        elif kind == "c":  # a constant quantized like an activation: its own range, the activation grid
+            c = self._float_weight(key[1])
+            a = self.scheme.activations
+            qr = QRange.for_bits(a.bits, a.symmetric)
+            s, z = compute_scale_zp(c.min(), c.max(), qr, a.symmetric)
+            v = fake_quant(c, QParams(s, z, qr))
         elif kind == "fp16":
             v = self._float_weight(key[1]).half().float()
         else:  # pragma: no cover
@@ -250,6 +256,11 @@ class Simulator:
                     plan.weights[w] = ("w", w, bits)
                 elif fp16[l.node]:
                     plan.weights[w] = ("fp16", w)
+            for _, c in l.consts:
+                if bits is not None:
+                    plan.weights[c] = ("c", c)
+                elif fp16[l.node]:
+                    plan.weights[c] = ("fp16", c)
             if l.bias is not None:
                 b = l.bias[1]
                 if bits is not None and not a.dynamic:

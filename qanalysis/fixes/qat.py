@@ -24,7 +24,7 @@ import torch
 
 from ..calibrate import calibration_range
 from ..errors import ConfigError
-from ..scheme import QParams, QRange
+from ..scheme import QParams, QRange, compute_scale_zp
 from ..simulate import Simulator, dynamic_fake_quant, fake_quant, quantize_weight
 from ..workload import as_inputs
 from . import FixContext, FixResult, register_fix
@@ -115,6 +115,11 @@ class _QATModel:
             w = self.params.get(name, self.prog.initializers[name].float())
             if key[0] == "fp16":
                 out[name] = _straight(w, w.detach().half().float())
+            elif key[0] == "c":  # a constant ORT quantizes like an activation (own range)
+                a = scheme.activations
+                qr = QRange.for_bits(a.bits, a.symmetric)
+                s_, z_ = compute_scale_zp(w.detach().min(), w.detach().max(), qr, a.symmetric)
+                out[name] = _straight(w, fake_quant(w.detach(), QParams(s_, z_, qr)))
             elif key[0] == "b":
                 layer = sim.qg.by_name[key[2]]
                 aq = self.act.get(layer.act_inputs[0][1]) if layer.act_inputs else None
