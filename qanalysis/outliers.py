@@ -157,6 +157,27 @@ def _with_weights(scheme, w: WeightSpec):
     return Scheme(weights=w, activations=scheme.activations)
 
 
+FIX_LABELS = {"cle": "cross-layer equalization (fixes: [\"cle\"])", "smoothquant": "SmoothQuant (fixes: [\"smoothquant\"])"}
+
+
+def _with_fix_metric(wl: Workload, config: Config, fix: str, progress: Callable[[str], None] | None) -> float | None:
+    """The simulated metric of ``config`` plus ``fix`` (None when the fix is unavailable or fails)."""
+    from .compare import _simulate
+    from .errors import QAnalysisError
+    from .fixes import FIXES, list_fixes
+
+    list_fixes()
+    if fix not in FIXES:
+        return None
+    if progress:
+        progress(f"measuring what {fix} would gain")
+    try:
+        out, _ = _simulate(wl, Config(scheme=config.scheme, layers=config.layers, fixes=(*config.fixes, fix)), progress or (lambda m: None))
+    except QAnalysisError:
+        return None
+    return wl.score(out)
+
+
 def recommend(
     wl: Workload,
     sim: Simulator,
@@ -174,6 +195,7 @@ def recommend(
     fine = max(FINE_DROP, 150.0 / wl.n_eval) if wl.task == "classification" else FINE_DROP
     ranked = sorted(sens.rows, key=lambda r: -max(r.metric_drop, r.metric_drop_all_but))
     previewed = {r.layer for r in ranked[:max_previews] if max(r.metric_drop, r.metric_drop_all_but) > fine}
+    fix_metric: dict[str, float | None] = {}
     for r in sens.rows:
         layer = sim.qg.by_name[r.layer]
         act = by_layer.get((r.layer, "activation"))
@@ -194,6 +216,13 @@ def recommend(
         if progress:
             progress(f"previewing fixes for {r.layer}")
         gains: dict[str, float] = {"keep in FP16": r.metric_drop_all_but}
+        if act and act.n_outliers:  # the equalizing fix, measured on the whole model
+            fix = "smoothquant" if layer.op_type in ("MatMul", "Gemm") else "cle"
+            if fix not in config.fixes:
+                if fix not in fix_metric:
+                    fix_metric[fix] = _with_fix_metric(wl, config, fix, progress)
+                if fix_metric[fix] is not None:
+                    gains[FIX_LABELS[fix]] = fix_metric[fix] - sens.int8_metric
         if sim.scheme.weights.granularity == "per_tensor" and layer.weights:
             gains["per-channel weights"] = preview(wl, sim, config, layer, "per_channel", stats) - r.metric_only
         if layer.act_inputs and not sim.scheme.activations.dynamic:
