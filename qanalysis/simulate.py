@@ -29,13 +29,19 @@ from .graph import Layer, QuantGraph
 from .scheme import Config, QParams, QRange, Scheme, WeightSpec, compute_scale_zp
 
 
-def fake_quant(x: torch.Tensor, qp: QParams) -> torch.Tensor:
-    """x̂ = s · (clamp(round(x / s) + z, qmin, qmax) − z); round half to even, as ONNX Runtime."""
+def broadcast_qparams(qp: QParams, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, zero point) shaped to broadcast against ``x`` (per-channel along ``qp.axis``)."""
     s, z = qp.scale, qp.zero_point.to(x.dtype)
     if qp.axis is not None and s.dim() == 1 and x.dim() > 1:
         shape = [1] * x.dim()
         shape[qp.axis] = -1
         s, z = s.reshape(shape), z.reshape(shape)
+    return s, z
+
+
+def fake_quant(x: torch.Tensor, qp: QParams) -> torch.Tensor:
+    """x̂ = s · (clamp(round(x / s) + z, qmin, qmax) − z); round half to even, as ONNX Runtime."""
+    s, z = broadcast_qparams(qp, x)
     q = torch.clamp(torch.round(x / s) + z, qp.qrange.qmin, qp.qrange.qmax)
     return (q - z) * s
 

@@ -17,6 +17,7 @@ from qanalysis.analysis import analyze, prepare_simulator
 from qanalysis.compare import preview_fix
 from qanalysis.errors import ConfigError
 from qanalysis.export import export
+from qanalysis.simulate import broadcast_qparams
 from qanalysis.fixes import FIXES, apply_fixes, cle, list_fixes
 from qanalysis.fixes import adaround as ar
 from qanalysis.fixes import qat as qt
@@ -205,7 +206,7 @@ def test_adaround_export_carries_the_exact_rounding(tmp_path, monkeypatch):
     inits = {t.name: onnx.numpy_helper.to_array(t) for t in m.graph.initializer}
     changed = 0
     for name, qp in fixed.weight_qparams.items():
-        s, z = ar._broadcast(qp, fixed.qg.program.initializers[name])
+        s, z = broadcast_qparams(qp, fixed.qg.program.initializers[name])
         q = torch.round(fixed.qg.program.initializers[name] / s) + z
         q_rtn = torch.round(qg.program.initializers[name] / s) + z
         engine_q = inits[f"{name}_quantized"].astype(np.int64)

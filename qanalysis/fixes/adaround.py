@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 
 from ..interpreter import OPS
-from ..simulate import QParams
+from ..simulate import QParams, broadcast_qparams
 from . import FixContext, FixResult, register_fix
 from ._graph import feeds_of, fused_activation, node_args
 
@@ -38,15 +38,6 @@ SEED = 0
 # with the scheme's weight grid, so an exact weight override would not reach it.)
 ROUNDED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "LayerNormalization")
 ZETA, GAMMA = 1.1, -0.1
-
-
-def _broadcast(qp: QParams, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    s, z = qp.scale.float(), qp.zero_point.float()
-    if qp.axis is not None and s.dim() == 1 and w.dim() > 1:
-        shape = [1] * w.dim()
-        shape[qp.axis] = -1
-        s, z = s.reshape(shape), z.reshape(shape)
-    return s, z
 
 
 def _h(v: torch.Tensor) -> torch.Tensor:
@@ -66,7 +57,7 @@ def adaround_weight(
     relu: bool, *, iters: int, gen: torch.Generator,
 ) -> tuple[torch.Tensor, float, float]:  # fmt: skip
     """Learned rounding of one weight: (w̃, relative error of round-to-nearest, of w̃)."""
-    s, z = _broadcast(qp, w)
+    s, z = broadcast_qparams(qp, w)
     qmin, qmax = qp.qrange.qmin, qp.qrange.qmax
     scaled = w.float() / s
     base = torch.floor(scaled)

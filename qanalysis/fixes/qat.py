@@ -25,7 +25,7 @@ import torch
 from ..calibrate import calibration_range
 from ..errors import ConfigError
 from ..scheme import QParams, QRange, compute_scale_zp
-from ..simulate import Simulator, dynamic_fake_quant, fake_quant, quantize_weight
+from ..simulate import Simulator, broadcast_qparams, dynamic_fake_quant, fake_quant, quantize_weight
 from ..workload import as_inputs
 from . import FixContext, FixResult, register_fix
 
@@ -36,18 +36,9 @@ SEED = 0
 MAX_STEPS: int | None = None  # cap on optimizer steps (tests)
 
 
-def _bcast(qp: QParams, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    s, z = qp.scale.float(), qp.zero_point.float()
-    if qp.axis is not None and s.dim() == 1 and x.dim() > 1:
-        shape = [1] * x.dim()
-        shape[qp.axis] = -1
-        s, z = s.reshape(shape), z.reshape(shape)
-    return s, z
-
-
 def ste_fake_quant(x: torch.Tensor, qp: QParams) -> torch.Tensor:
     """fake_quant in the forward pass; gradient 1 inside [s(qmin − z), s(qmax − z)], 0 outside."""
-    s, z = _bcast(qp, x)
+    s, z = broadcast_qparams(qp, x)
     lo, hi = s * (qp.qrange.qmin - z), s * (qp.qrange.qmax - z)
     xc = torch.minimum(torch.maximum(x, lo), hi)
     return xc + (fake_quant(x.detach(), qp) - xc).detach()
