@@ -114,8 +114,6 @@ class Fixed:
 
 def with_initializers(qg, new: dict[str, torch.Tensor]):
     """A copy of ``qg`` whose float graph has ``new`` initializer values (saved as a new model)."""
-    from ..interpreter import Program
-
     unknown = [n for n in new if n not in qg.program.initializers]
     if unknown:
         raise ConfigError(f"a fix changed unknown initializers: {', '.join(unknown[:3])}")
