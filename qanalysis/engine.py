@@ -273,8 +273,9 @@ def _toposort(g: onnx.GraphProto) -> None:
     g.node.extend(order)
 
 
-def build_dynamic_engine(float_path: Path, out_path: Path) -> Path:
-    """Weights-only INT8 for MatMul/Gemm-heavy models (activations quantized at run time)."""
+def build_dynamic_engine(float_path: Path, out_path: Path, float_nodes: list[str] | None = None) -> Path:
+    """Weights-only INT8 for MatMul/Gemm-heavy models (activations quantized at run time);
+    ``float_nodes`` (the config's float layers) are left in float."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     from .graph import quiet
@@ -282,7 +283,8 @@ def build_dynamic_engine(float_path: Path, out_path: Path) -> Path:
     tmp = out_path.with_name(f".{out_path.name}.tmp-{os.getpid()}.onnx")
     with quiet():
         try:
-            quantize_dynamic(str(float_path), str(tmp), weight_type=QuantType.QInt8, per_channel=True)
+            quantize_dynamic(str(float_path), str(tmp), weight_type=QuantType.QInt8, per_channel=True,
+                             nodes_to_exclude=list(float_nodes or []))  # fmt: skip
             os.replace(tmp, out_path)
         except Exception as e:  # noqa: BLE001
             raise ExportError(f"ONNX Runtime's quantize_dynamic failed: {str(e).splitlines()[0][:300]}") from None

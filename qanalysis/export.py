@@ -271,7 +271,8 @@ def export(
         eng_path = out / "model_int8.onnx"
         build = build_int8_engine(qg, sim, plan, eng_path, wl.calibration[0])
     elif mode == "dynamic":
-        eng_path = build_dynamic_engine(qg.float_path, out / "model_int8.onnx")
+        float_nodes = [l.node_name for l in qg.layers if sim.weight_bits(sim_config, l) is None]
+        eng_path = build_dynamic_engine(qg.float_path, out / "model_int8.onnx", float_nodes)
     elif mode == "fp16":
         eng_path = build_fp16_engine(qg.float_path, out / "model_fp16.onnx")
     else:
