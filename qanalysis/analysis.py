@@ -290,11 +290,7 @@ def simulate_config(a: Analysis, config: Config) -> ConfigResult:
         raise ConfigError("simulate_config needs the analysis' scheme; run analyze() again for another scheme")
     sim = a.sim
     plan = sim.plan(config)
-    outs = []
-    with torch.inference_mode():
-        for x, _ in a.workload.evaluation:
-            outs.append(sim.output(sim.run(dict(zip(a.qgraph.input_names, x)), plan)))
-    metric = a.workload.score(torch.cat(outs))
+    metric = a.workload.score(sim.outputs(a.workload.evaluation, plan))
     nbytes = 0
     for l in a.qgraph.layers:
         bits = sim.weight_bits(config, l)

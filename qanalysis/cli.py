@@ -115,7 +115,8 @@ def _analyze(args: argparse.Namespace) -> int:
         write_analysis(a, out)
     s = a.summary()
     print(_summary_line(s))
-    top = a.layers_frame().sort_values("metric_drop", ascending=False).head(5)
+    # ties on the (coarse) metric drop are broken by the end-to-end output SQNR, lowest first
+    top = a.layers_frame().sort_values(["metric_drop", "e2e_sqnr_db"], ascending=[False, True]).head(5)
     print("most sensitive layers (metric drop with only that layer quantized):")
     for _, r in top.iterrows():
         print(f"  {r['layer']:<40} {r['metric_drop']:+.3f}  {r['recommendation']}")

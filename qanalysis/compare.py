@@ -113,8 +113,7 @@ def _simulate(wl: Workload, config: Config, progress: Progress):
     check_config(config, qg)
     sim, _, notes, _ = prepare_simulator(wl, qg, config, progress=progress)
     plan = sim.plan(config)
-    with torch.inference_mode():
-        outs = torch.cat([sim.output(sim.run(dict(zip(sim.qg.input_names, x)), plan)) for x, _ in wl.evaluation])
+    outs = sim.outputs(wl.evaluation, plan)
     return outs, notes
 
 

@@ -113,8 +113,7 @@ def _metric(wl: Workload, fn) -> tuple[float, torch.Tensor]:
 
 
 def _simulated(wl: Workload, sim: Simulator, plan: SimPlan) -> float:
-    with torch.inference_mode():
-        return _metric(wl, lambda x: sim.output(sim.run(dict(zip(sim.qg.input_names, x)), plan)))[0]
+    return wl.score(sim.outputs(wl.evaluation, plan))
 
 
 def layer_checks(wl: Workload, sim: Simulator, plan: SimPlan, engine_path: Path, n_batches: int = 2) -> list[LayerCheck]:

@@ -120,11 +120,7 @@ def outliers_frame(rows: list[OutlierRow]) -> pd.DataFrame:
 
 
 def _only_metric(wl: Workload, sim: Simulator, plan: SimPlan) -> float:
-    outs = []
-    with torch.inference_mode():
-        for x, _ in wl.evaluation:
-            outs.append(sim.output(sim.run(dict(zip(sim.qg.input_names, x)), plan)))
-    return wl.score(torch.cat(outs))
+    return wl.score(sim.outputs(wl.evaluation, plan))
 
 
 def _only_plan(sim: Simulator, config: Config, layer: Layer) -> SimPlan:

@@ -334,3 +334,8 @@ class Simulator:
     def output(self, env: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """The model output a metric sees (the first graph output)."""
         return env[self.prog.outputs[0]].float()
+
+    def outputs(self, batches, plan: SimPlan) -> torch.Tensor:
+        """Model outputs on evaluation batches ``[(inputs, targets), …]`` under ``plan``, concatenated."""
+        with torch.inference_mode():
+            return torch.cat([self.output(self.run(dict(zip(self.qg.input_names, x)), plan)) for x, _ in batches])

@@ -138,8 +138,7 @@ def float_tensors(qg: QuantGraph, feeds: Mapping[str, torch.Tensor], tensors: se
 
 def outputs(wl: Workload, sim: Simulator, plan: SimPlan) -> torch.Tensor:
     """The model outputs on the evaluation data under ``plan`` (concatenated)."""
-    with torch.inference_mode():
-        return torch.cat([sim.output(sim.run(feeds_of(sim.qg, x), plan)) for x, _ in wl.evaluation])
+    return sim.outputs(wl.evaluation, plan)
 
 
 def fused_activation(qg: QuantGraph, tensor: str) -> int | None:
