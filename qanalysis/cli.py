@@ -14,14 +14,20 @@ stderr; results go to files in ``--out``.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import shutil
+import signal
 import sys
 import time
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 from .errors import QAnalysisError
+from .outputs import Staging, staged
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, handled like Ctrl-C: the run stops, its staging folder is removed."""
+
+    signum = signal.SIGTERM
 
 
 class _Parser(argparse.ArgumentParser):
@@ -47,7 +53,8 @@ def _parser() -> argparse.ArgumentParser:
     def model_cmd(name: str, help: str) -> argparse.ArgumentParser:
         c = sub.add_parser(name, help=help)
         c.add_argument("model", metavar="MODEL", help="sample:NAME | torchvision:ARCH[@WEIGHTS.pt] | path/to/spec.py")
-        c.add_argument("--out", required=True, type=Path, help="output folder")
+        c.add_argument("--out", required=True, help="output folder (new or empty; see --force)")
+        c.add_argument("--force", action="store_true", help="replace the results of a previous qanalysis run in --out")
         c.add_argument("--config", type=Path, help="config JSON (scheme, per-layer precision, fixes)")
         c.add_argument("--data", type=Path, help="image folder (one sub-folder per class) for torchvision models")
         c.add_argument("--quiet", action="store_true", help="no progress on stderr")
@@ -65,31 +72,27 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("model", metavar="MODEL", help="sample:NAME | torchvision:ARCH[@WEIGHTS.pt] | path/to/spec.py")
     c.add_argument("--configs", required=True, nargs="+", type=Path, metavar="CONFIG.json",
                    help="config files; each one's label is its file stem")  # fmt: skip
-    c.add_argument("--out", required=True, type=Path, help="output folder")
+    c.add_argument("--out", required=True, help="output folder (new or empty; see --force)")
+    c.add_argument("--force", action="store_true", help="replace the results of a previous qanalysis run in --out")
     c.add_argument("--data", type=Path, help="image folder (one sub-folder per class) for torchvision models")
     c.add_argument("--quiet", action="store_true", help="no progress on stderr")
     return p
 
 
-@contextlib.contextmanager
-def _output_folder(path: Path) -> Iterator[Path]:
-    """The checked, created output folder; on failure, whatever this run wrote there is removed
-    (the folder too if this run created it), so no half-written output is left behind."""
-    from .report import prepare_out
+def _output(args: argparse.Namespace):
+    """The run's staging folder: results move into ``--out`` only if the run succeeds."""
+    return staged(args.out, command=args.cmd, force=args.force, argv=args.argv)
 
-    existed = path.exists()
-    before = {p.name: p.stat().st_mtime_ns for p in path.iterdir()} if existed and path.is_dir() else {}
-    out = prepare_out(path)
-    try:
-        yield out
-    except BaseException:
-        if not existed:
-            shutil.rmtree(out, ignore_errors=True)
-        else:
-            for p in out.iterdir():
-                if p.is_file() and before.get(p.name) != p.stat().st_mtime_ns:
-                    p.unlink(missing_ok=True)
-        raise
+
+def _wrote(st: Staging) -> str:
+    """``wrote a.csv, b.json, int8/ (4 files) to DIR``: only what this run wrote."""
+    top: dict[str, int] = {}
+    for rel in st.written:
+        parts = Path(rel).parts
+        key = parts[0] if len(parts) == 1 else parts[0] + "/"
+        top[key] = top.get(key, 0) + 1
+    shown = [k if not k.endswith("/") else f"{k} ({n} file{'s' if n > 1 else ''})" for k, n in sorted(top.items())]
+    return f"wrote {', '.join(shown)} to {st.out}"
 
 
 def _summary_line(s: dict) -> str:
@@ -107,12 +110,12 @@ def _analyze(args: argparse.Namespace) -> int:
 
     config = Config.load(args.config)
     say = _progress(args.quiet)
-    with _output_folder(args.out) as out:
+    with _output(args) as st:
         say(f"loading {args.model}")
         wl = load_workload(args.model, args.data)
         a = analyze(wl, config, progress=say)
-        say(f"writing {out}")
-        write_analysis(a, out)
+        say(f"writing {st.out}")
+        write_analysis(a, st.path)
     s = a.summary()
     print(_summary_line(s))
     # ties on the (coarse) metric drop are broken by the end-to-end output SQNR, lowest first
@@ -120,7 +123,7 @@ def _analyze(args: argparse.Namespace) -> int:
     print("most sensitive layers (metric drop with only that layer quantized):")
     for _, r in top.iterrows():
         print(f"  {r['layer']:<40} {r['metric_drop']:+.3f}  {r['recommendation']}")
-    print(f"wrote {', '.join(sorted(p.name for p in out.iterdir() if not p.name.startswith('.')))} to {out}")
+    print(_wrote(st))
     return 0
 
 
@@ -133,7 +136,8 @@ def _search(args: argparse.Namespace) -> int:
 
     config = Config.load(args.config)
     say = _progress(args.quiet)
-    with _output_folder(args.out) as out:
+    with _output(args) as st:
+        out = st.path
         say(f"loading {args.model}")
         wl = load_workload(args.model, args.data)
         a = analyze(wl, config, progress=say, baseline=False, previews=0)
@@ -151,7 +155,7 @@ def _search(args: argparse.Namespace) -> int:
     print(f"{s['n_evaluations']} config evaluations for {s['n_layers']} layers in {s['seconds']:.1f} s")
     for n in s["notes"]:
         print(f"note: {n}")
-    print(f"wrote pareto.csv, search.json, config.json to {out}")
+    print(_wrote(st))
     return 0
 
 
@@ -163,14 +167,15 @@ def _export(args: argparse.Namespace) -> int:
 
     config = Config.load(args.config)
     say = _progress(args.quiet)
-    with _output_folder(args.out) as out:
+    with _output(args) as st:
+        out = st.path
         say(f"loading {args.model}")
         wl = load_workload(args.model, args.data)
         rep = export(wl, config, out, mode=args.mode, progress=say)
         write_json(rep.config, out / "config.json")
         write_json(rep.to_dict(), out / "export.json")
     print(rep.table())
-    print(f"wrote {', '.join(sorted(p.name for p in out.iterdir() if not p.name.startswith('.')))} to {out}")
+    print(_wrote(st))
     return 0
 
 
@@ -181,7 +186,8 @@ def _compare(args: argparse.Namespace) -> int:
 
     configs = load_configs(args.configs)
     say = _progress(args.quiet)
-    with _output_folder(args.out) as out:
+    with _output(args) as st:
+        out = st.path
         say(f"loading {args.model}")
         wl = load_workload(args.model, args.data)
         res = compare(wl, configs, out, progress=say)
@@ -189,13 +195,30 @@ def _compare(args: argparse.Namespace) -> int:
         write_json(res.to_dict(), out / "compare.json")
     print(f"{wl.name} ({wl.metric_name}):")
     print(res.table())
-    print(f"wrote compare.csv, compare.json and one engine folder per config to {out}")
+    print(_wrote(st))
     return 0
+
+
+def _on_sigterm(signum, frame):  # noqa: ARG001
+    raise _Terminated()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    except ValueError:  # not the main thread (e.g. called from a worker): leave signals alone
+        previous = None
+    try:
+        return _main(argv)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    try:
         args = _parser().parse_args(argv)
+        args.argv = [str(a) for a in (sys.argv[1:] if argv is None else argv)]
         if args.cmd == "samples":
             from .workload import list_samples
 
@@ -214,9 +237,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except QAnalysisError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        signum = getattr(e, "signum", signal.SIGINT)
+        name = "terminated (SIGTERM)" if signum == signal.SIGTERM else "interrupted"
+        print(f"error: {name}; the output folder holds no partial results", file=sys.stderr)
+        return 128 + int(signum)
     except BrokenPipeError:  # `qanalysis ... | head`
         sys.stderr.close()
         return 0

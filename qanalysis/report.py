@@ -10,7 +10,6 @@ import html
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
@@ -28,18 +27,6 @@ def _clean(o: Any) -> Any:
     if isinstance(o, (list, tuple)):
         return [_clean(v) for v in o]
     return o
-
-
-def prepare_out(path: str | Path) -> Path:
-    """Create the output folder (if needed) and check it is writable, before any work."""
-    p = Path(path)
-    try:
-        p.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=p, prefix=".probe-"):
-            pass
-    except OSError as e:
-        raise OutputError(f"cannot write to output folder {p}: {e.strerror or e}") from None
-    return p
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:

@@ -142,5 +142,5 @@ def test_failed_run_into_existing_folder_keeps_old_files_and_adds_none(run_cli, 
     cfg = tmp_path / "c.json"
     cfg.write_text(json.dumps({"layers": {"nope": "fp16"}}))
     code, _, err = run_cli("export", "sample:digits_cnn", "--out", out, "--config", cfg, "--quiet")
-    assert code != 0 and "unknown layer" in err
+    assert code != 0 and "holds files qanalysis did not write (keep.txt)" in err
     assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
