@@ -59,7 +59,8 @@ def classification_models() -> list[str]:
 
 def _timed(cmd: list[str], timeout: float, threads: int) -> dict:
     """Run ``cmd`` under /usr/bin/time -v: exit code, wall seconds, peak RSS, last error line."""
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads),
+           "PYTHONPATH": os.pathsep.join(p for p in [str(ROOT), os.environ.get("PYTHONPATH", "")] if p)}
     timev = ["/usr/bin/time", "-v"] if Path("/usr/bin/time").exists() else []
     t0 = time.perf_counter()
     try:
@@ -138,12 +139,14 @@ def main() -> None:
     ap.add_argument("--skip-export", action="store_true")
     ap.add_argument("--include-heavy", action="store_true", help=f"also {', '.join(sorted(HEAVY))}")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "zoo")
+    ap.add_argument("--work", type=Path, help="where runs and images go (default: OUT)")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     models = args.models.split(",") if args.models else [
         m for m in classification_models() + SEGMENTATION if args.include_heavy or m not in HEAVY]  # fmt: skip
-    data = image_folder(args.out / "images", args.images)
-    work = args.out / "runs"
+    work = args.work or args.out
+    data = image_folder(work / "images", args.images)
+    work = work / "runs"
     rows: list[dict] = []
     print(f"{len(models)} models, {args.images} images, {args.jobs} at a time", file=sys.stderr)
     with cf.ThreadPoolExecutor(args.jobs) as ex:
