@@ -19,7 +19,7 @@ import torch
 from .calibrate import TensorStats, calibration_range
 from .graph import Layer
 from .scheme import ActivationSpec, Config, WeightSpec
-from .sensitivity import SensitivityResult, only_config
+from .sensitivity import SensitivityResult, only_plan
 from .simulate import Simulator, SimPlan
 from .workload import Workload
 
@@ -123,12 +123,6 @@ def _only_metric(wl: Workload, sim: Simulator, plan: SimPlan) -> float:
     return wl.score(sim.outputs(wl.evaluation, plan))
 
 
-def _only_plan(sim: Simulator, config: Config, layer: Layer) -> SimPlan:
-    """The only-this-layer plan of the sensitivity analysis, so that a preview and
-    ``metric_only`` differ by the previewed change alone."""
-    return sim.plan(only_config(sim, config, layer))
-
-
 def preview(
     wl: Workload, sim: Simulator, config: Config, layer: Layer, fix: str, stats: dict[str, TensorStats]
 ) -> float:
@@ -136,7 +130,7 @@ def preview(
     if fix == "per_channel":
         other = Simulator(sim.qg, stats, _with_weights(sim.scheme, WeightSpec(bits=sim.scheme.weights.bits,
                           symmetric=sim.scheme.weights.symmetric, granularity="per_channel")))  # fmt: skip
-        return _only_metric(wl, other, _only_plan(other, config, layer))
+        return _only_metric(wl, other, only_plan(other, config, layer))
     if fix == "percentile":
         other = Simulator(sim.qg, stats, sim.scheme)
         spec = ActivationSpec(**{**sim.scheme.activations.__dict__, "calibration": "percentile"})
@@ -144,7 +138,7 @@ def preview(
             owner = sim.qg.act_owner.get(t, t)
             if owner in stats and stats[owner].hist is not None:
                 other.overrides[owner] = calibration_range(stats[owner], spec)
-        return _only_metric(wl, other, _only_plan(other, config, layer))
+        return _only_metric(wl, other, only_plan(other, config, layer))
     raise ValueError(f"no preview for {fix!r}")
 
 

@@ -4,7 +4,7 @@ For every layer L (module qualified name) and every evaluation batch:
 
 * *only L* — the FP32 model with just L quantized (its weights, its input activations), as
   the config quantizes it: the scheme's bits, granularity, symmetry and static or dynamic
-  activations, or L's own override (``"int4"``) — see ``only_config``;
+  activations, or L's own override (``"int4"``) — see ``only_plan``;
 * *all but L* — the fully quantized model with L kept in float;
 
 and from them the metric drop, end-to-end SQNR/KL of the model output, L's own output
@@ -118,19 +118,22 @@ class SensitivityResult:
         return pd.DataFrame([r.__dict__ for r in self.rows])
 
 
-def only_config(sim: Simulator, config: Config, layer: Layer) -> Config:
-    """``config`` with every layer but ``layer`` in fp32, and ``layer`` quantized as the config
-    quantizes it: its own override ("int4" …) when that is a quantized precision, otherwise the
-    scheme's default (its bits, granularity, symmetry, static or dynamic activations). A layer the
-    config keeps in float gets the scheme's default: "what would quantizing it cost" is still the
-    question."""
+def only_plan(sim: Simulator, config: Config, layer: Layer) -> SimPlan:
+    """The plan with every layer but ``layer`` in fp32 and ``layer`` quantized as ``config``
+    quantizes it: at its own override ("int4" …) when that is a quantized precision, otherwise
+    at the scheme's weight bits (a layer the config keeps in float too: "what would quantizing
+    it cost" is still the question); granularity, symmetry and static or dynamic activations
+    are the scheme's. The bits are passed by layer name because a config cannot always say
+    "the scheme's bits": a layer whose module is another layer's name ("blocks.0.attn.qkv:add")
+    would read that layer's "fp32"."""
     own = config.layers.get(layer.name)
     if own is None and layer.module:
         own = config.layers.get(layer.module)
+    bits = sim.weight_bits(config, layer)
     layers = {l.name: "fp32" for l in sim.qg.layers if l.name != layer.name}
-    if own is not None and sim.weight_bits(config, layer) is not None:
+    if own is not None and bits is not None:
         layers[layer.name] = own
-    return config.with_layers(layers)
+    return sim.plan(config.with_layers(layers), bits={layer.name: bits or sim.scheme.weights.bits})
 
 
 def _plans(sim: Simulator, config: Config) -> tuple[SimPlan, SimPlan, dict[str, SimPlan], dict[str, SimPlan]]:
@@ -138,7 +141,7 @@ def _plans(sim: Simulator, config: Config) -> tuple[SimPlan, SimPlan, dict[str, 
     fp = sim.fp32_plan()
     only, all_but = {}, {}
     for l in sim.qg.layers:
-        only[l.name] = sim.plan(only_config(sim, config, l))
+        only[l.name] = only_plan(sim, config, l)
         all_but[l.name] = sim.plan(config.with_layers({**config.layers, l.name: "fp32"}))
     return full, fp, only, all_but
 

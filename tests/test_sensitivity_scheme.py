@@ -23,15 +23,16 @@ from qanalysis.scheme import Config
 from qanalysis.simulate import dynamic_fake_quant, quantize_weight
 
 CNN = "sample:digits_cnn"
+VIT = "sample:digits_vit"
 
 
 @functools.lru_cache(maxsize=None)
-def _analysis(config_json: str, previews: int = 0):
-    return analyze(cached_workload(CNN), Config.from_dict(json.loads(config_json)), baseline=False, previews=previews)
+def _analysis(config_json: str, previews: int, source: str):
+    return analyze(cached_workload(source), Config.from_dict(json.loads(config_json)), baseline=False, previews=previews)
 
 
-def analysis(config: dict, previews: int = 0):
-    return _analysis(json.dumps(config, sort_keys=True), previews)
+def analysis(config: dict, previews: int = 0, source: str = CNN):
+    return _analysis(json.dumps(config, sort_keys=True), previews, source)
 
 
 def w_bits(bits: int, **weights) -> dict:
@@ -106,6 +107,26 @@ def test_every_per_layer_number_equals_a_direct_simulation_of_the_one_layer_conf
         else:
             quant = [written_out_fake_quant(v, sim.act_qparams(t)) for v in acts]
         assert row.act_sqnr_db == pytest.approx(sqnr(acts, quant), abs=1e-6), layer.name
+
+
+def test_a_layer_whose_module_is_another_layers_name_is_quantized_alone_at_the_scheme_bits():
+    """In digits_vit the bias Add "blocks.0.attn.qkv:add" belongs to module "blocks.0.attn.qkv",
+    which is also the MatMul's name: "all other layers fp32" must not float the Add too."""
+    a = analysis(w_bits(3), source=VIT)
+    names = {l.name for l in a.qgraph.layers}
+    rows = {r.layer: r for r in a.sens.rows}
+    colliding = [l for l in a.qgraph.layers if l.module in names and l.module != l.name]
+    assert colliding
+    for layer in colliding[:4] + [a.qgraph.by_name["blocks.0.attn.qkv"], a.qgraph.by_name["head"]]:
+        layers = {l.name: "fp32" for l in a.qgraph.layers if l.name != layer.name}
+        if layer in colliding:  # weightless: any quantized precision says the same
+            assert not layer.weights and layer.bias is None
+            layers[layer.name] = "int8"
+        direct = simulate_config(a, a.config.with_layers(layers))
+        assert rows[layer.name].metric_only == direct.metric, layer.name
+        out = a.sim.outputs(a.workload.evaluation, a.sim.plan(a.config.with_layers(layers)))
+        assert rows[layer.name].e2e_sqnr_db == pytest.approx(M.sqnr_db(a.sens.fp32_outputs, out), abs=1e-6)
+        assert rows[layer.name].e2e_sqnr_db < M.SQNR_CAP_DB  # it really was quantized
 
 
 def written_out_fake_quant(v: torch.Tensor, qp) -> torch.Tensor:
