@@ -224,7 +224,8 @@ def recommend(
             notes.append((f"input has {act.n_outliers} outlier channel(s) up to {act.max_ratio:.0f}× the median",
                           f"{kind} would spread them", FIX_LABELS[fix]))  # fmt: skip
         if wsum and wsum.n_outliers and sim.scheme.weights.granularity == "per_tensor":
-            notes.append((f"weight has {wsum.n_outliers} outlier channel(s)", "per-channel weights", "per-channel weights"))
+            remedy = "per-channel weights"
+            notes.append((f"weight has {wsum.n_outliers} outlier channel(s)", remedy, remedy))
         worst = max(r.metric_drop, r.metric_drop_all_but)
         if r.layer not in previewed:
             texts = [f"{obs}: {remedy}" for obs, remedy, _ in notes]

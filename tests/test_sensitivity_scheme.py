@@ -26,7 +26,7 @@ CNN = "sample:digits_cnn"
 VIT = "sample:digits_vit"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _analysis(config_json: str, previews: int, source: str):
     return analyze(cached_workload(source), Config.from_dict(json.loads(config_json)), baseline=False, previews=previews)
 
@@ -77,7 +77,7 @@ CASES = {
 @pytest.mark.parametrize("case", list(CASES))
 def test_every_per_layer_number_equals_a_direct_simulation_of_the_one_layer_config(case):
     a = analysis(CASES[case])
-    wl, sim, scheme = a.workload, a.sim, a.config.scheme
+    sim, scheme = a.sim, a.config.scheme
     fp_envs = run_all(a, a.config.with_layers({l.name: "fp32" for l in a.qgraph.layers}))
     out = a.qgraph.program.outputs[0]
     rows = {r.layer: r for r in a.sens.rows}
