@@ -19,7 +19,7 @@ import torch
 from .calibrate import TensorStats, calibration_range
 from .graph import Layer
 from .scheme import ActivationSpec, Config, WeightSpec
-from .sensitivity import SensitivityResult
+from .sensitivity import SensitivityResult, only_plan
 from .simulate import Simulator, SimPlan
 from .workload import Workload
 
@@ -123,11 +123,6 @@ def _only_metric(wl: Workload, sim: Simulator, plan: SimPlan) -> float:
     return wl.score(sim.outputs(wl.evaluation, plan))
 
 
-def _only_plan(sim: Simulator, config: Config, layer: Layer) -> SimPlan:
-    names = [l.name for l in sim.qg.layers]
-    return sim.plan(config.with_layers({n: ("int8" if n == layer.name else "fp32") for n in names}))
-
-
 def preview(
     wl: Workload, sim: Simulator, config: Config, layer: Layer, fix: str, stats: dict[str, TensorStats]
 ) -> float:
@@ -135,7 +130,7 @@ def preview(
     if fix == "per_channel":
         other = Simulator(sim.qg, stats, _with_weights(sim.scheme, WeightSpec(bits=sim.scheme.weights.bits,
                           symmetric=sim.scheme.weights.symmetric, granularity="per_channel")))  # fmt: skip
-        return _only_metric(wl, other, _only_plan(other, config, layer))
+        return _only_metric(wl, other, only_plan(other, config, layer))
     if fix == "percentile":
         other = Simulator(sim.qg, stats, sim.scheme)
         spec = ActivationSpec(**{**sim.scheme.activations.__dict__, "calibration": "percentile"})
@@ -143,7 +138,7 @@ def preview(
             owner = sim.qg.act_owner.get(t, t)
             if owner in stats and stats[owner].hist is not None:
                 other.overrides[owner] = calibration_range(stats[owner], spec)
-        return _only_metric(wl, other, _only_plan(other, config, layer))
+        return _only_metric(wl, other, only_plan(other, config, layer))
     raise ValueError(f"no preview for {fix!r}")
 
 
@@ -174,6 +169,28 @@ def _with_fix_metric(wl: Workload, config: Config, fix: str, progress: Callable[
     return wl.score(out)
 
 
+def quantized_label(sim: Simulator, config: Config, layer: Layer) -> str:
+    """What quantizing ``layer`` means under ``config``, as the only-this-layer run does it:
+    "int8" for 8-bit weights and activations, otherwise e.g. "W3A8"."""
+    w = sim.weight_bits(config, layer) or sim.scheme.weights.bits
+    a = sim.scheme.activations
+    a_bits = a.bits if a is not None else None
+    if w == 8 and a_bits == 8:
+        return "int8"
+    return f"W{w}" + (f"A{a_bits}" if a_bits else "")
+
+
+def _points(gain: float) -> str:
+    """A measured gain as the recommendation prints it: 2 decimals, signed, no "-0.00"."""
+    v = round(gain, 2) + 0.0
+    return f"{v:+.2f}" if v else "0.00"
+
+
+def _helps(gain: float) -> bool:
+    """A remedy helps when its measured gain is positive at the precision printed (≥ 0.01 point)."""
+    return round(gain, 2) > 0
+
+
 def recommend(
     wl: Workload,
     sim: Simulator,
@@ -185,7 +202,11 @@ def recommend(
     max_previews: int = 6,
     progress: Callable[[str], None] | None = None,
 ) -> None:
-    """Fill ``recommendation`` and ``recommendation_gain`` (metric points, measured) per row."""
+    """Fill ``recommendation`` and ``recommendation_gain`` (metric points, measured) per row.
+
+    A previewed layer is recommended the measured remedy with the largest gain, and only when
+    that gain is positive; when none is, the text says so with the FP16 measurement and the
+    gain stays NaN. A remedy a note suggests is dropped from the note once measured not to help."""
     by_layer: dict[tuple[str, str], TensorSummary] = {(s.layer, s.tensor): s for s in summaries}
     # One flipped sample is noise, not a finding: the threshold is at least 1.5 samples' worth.
     fine = max(FINE_DROP, 150.0 / wl.n_eval) if wl.task == "classification" else FINE_DROP
@@ -196,18 +217,26 @@ def recommend(
         layer = sim.qg.by_name[r.layer]
         act = by_layer.get((r.layer, "activation"))
         wsum = by_layer.get((r.layer, "weight"))
-        notes = []
+        notes: list[tuple[str, str, str]] = []  # (observation, remedy, key of its measured gain)
         if act and act.n_outliers:
-            kind = "SmoothQuant" if layer.op_type in ("MatMul", "Gemm") else "cross-layer equalization"
-            notes.append(f"input has {act.n_outliers} outlier channel(s) up to {act.max_ratio:.0f}× the median: {kind} would spread them")
+            fix = "smoothquant" if layer.op_type in ("MatMul", "Gemm") else "cle"
+            kind = "SmoothQuant" if fix == "smoothquant" else "cross-layer equalization"
+            notes.append((f"input has {act.n_outliers} outlier channel(s) up to {act.max_ratio:.0f}× the median",
+                          f"{kind} would spread them", FIX_LABELS[fix]))  # fmt: skip
         if wsum and wsum.n_outliers and sim.scheme.weights.granularity == "per_tensor":
-            notes.append(f"weight has {wsum.n_outliers} outlier channel(s): per-channel weights")
+            remedy = "per-channel weights"
+            notes.append((f"weight has {wsum.n_outliers} outlier channel(s)", remedy, remedy))
         worst = max(r.metric_drop, r.metric_drop_all_but)
         if r.layer not in previewed:
+            texts = [f"{obs}: {remedy}" for obs, remedy, _ in notes]
             if worst <= fine:
-                r.recommendation = "int8 is fine" + (f" ({notes[0]})" if notes else "")
+                r.recommendation = f"{quantized_label(sim, config, layer)} is fine" + (f" ({texts[0]})" if texts else "")
+            elif texts:
+                r.recommendation = "; ".join(texts)
+            elif worst < 1.0:
+                r.recommendation = f"small effect ({worst:.2f} points)"
             else:
-                r.recommendation = "; ".join(notes) if notes else f"small effect ({worst:.2f} points)"
+                r.recommendation = f"costs {worst:.2f} points; fixes not previewed for this layer"
             continue
         if progress:
             progress(f"previewing fixes for {r.layer}")
@@ -224,12 +253,18 @@ def recommend(
         if layer.act_inputs and not sim.scheme.activations.dynamic:
             gains["percentile clipping of its input"] = preview(wl, sim, config, layer, "percentile", stats) - r.metric_only
         best = max(gains, key=lambda k: gains[k])
-        if gains[best] <= 0:
-            best = "keep in FP16"
-        r.recommendation_gain = gains[best]
-        text = f"{best} (+{gains[best]:.2f} points measured)"
-        if notes:
-            text += "; " + "; ".join(notes)
+        if _helps(gains[best]):
+            r.recommendation_gain = gains[best]
+            text = f"{best} (+{gains[best]:.2f} points measured)"
+        else:
+            others = [g for k, g in gains.items() if k != "keep in FP16"]
+            text = f"no measured fix helps (FP16 {_points(gains['keep in FP16'])} points"
+            if others:
+                text += f", other measured fixes at most {_points(max(others))}"
+            text += ")"
+        texts = [obs if key in gains and not _helps(gains[key]) else f"{obs}: {remedy}" for obs, remedy, key in notes]
+        if texts:
+            text += "; " + "; ".join(texts)
         r.recommendation = text
 
 

@@ -2,7 +2,9 @@
 
 For every layer L (module qualified name) and every evaluation batch:
 
-* *only L* — the FP32 model with just L quantized (its weights, its input activations);
+* *only L* — the FP32 model with just L quantized (its weights, its input activations), as
+  the config quantizes it: the scheme's bits, granularity, symmetry and static or dynamic
+  activations, or L's own override (``"int4"``) — see ``only_plan``;
 * *all but L* — the fully quantized model with L kept in float;
 
 and from them the metric drop, end-to-end SQNR/KL of the model output, L's own output
@@ -25,8 +27,9 @@ import pandas as pd
 import torch
 
 from . import metrics as M
+from .graph import Layer
 from .scheme import Config
-from .simulate import SimPlan, Simulator, fake_quant
+from .simulate import SimPlan, Simulator
 from .workload import Workload
 
 Progress = Callable[[str], None]
@@ -115,17 +118,30 @@ class SensitivityResult:
         return pd.DataFrame([r.__dict__ for r in self.rows])
 
 
+def only_plan(sim: Simulator, config: Config, layer: Layer) -> SimPlan:
+    """The plan with every layer but ``layer`` in fp32 and ``layer`` quantized as ``config``
+    quantizes it: at its own override ("int4" …) when that is a quantized precision, otherwise
+    at the scheme's weight bits (a layer the config keeps in float too: "what would quantizing
+    it cost" is still the question); granularity, symmetry and static or dynamic activations
+    are the scheme's. The bits are passed by layer name because a config cannot always say
+    "the scheme's bits": a layer whose module is another layer's name ("blocks.0.attn.qkv:add")
+    would read that layer's "fp32"."""
+    own = config.layers.get(layer.name)
+    if own is None and layer.module:
+        own = config.layers.get(layer.module)
+    bits = sim.weight_bits(config, layer)
+    layers = {l.name: "fp32" for l in sim.qg.layers if l.name != layer.name}
+    if own is not None and bits is not None:
+        layers[layer.name] = own
+    return sim.plan(config.with_layers(layers), bits={layer.name: bits or sim.scheme.weights.bits})
+
+
 def _plans(sim: Simulator, config: Config) -> tuple[SimPlan, SimPlan, dict[str, SimPlan], dict[str, SimPlan]]:
-    qg = sim.qg
     full = sim.plan(config)
     fp = sim.fp32_plan()
-    names = [l.name for l in qg.layers]
     only, all_but = {}, {}
-    for l in qg.layers:
-        prec = config.layers.get(l.name) or config.layers.get(l.module) or "int8"
-        if prec in ("fp16", "fp32"):
-            prec = "int8"  # "what would quantizing it cost" is still the question for a float layer
-        only[l.name] = sim.plan(config.with_layers({n: (prec if n == l.name else "fp32") for n in names}))
+    for l in sim.qg.layers:
+        only[l.name] = only_plan(sim, config, l)
         all_but[l.name] = sim.plan(config.with_layers({**config.layers, l.name: "fp32"}))
     return full, fp, only, all_but
 
@@ -160,12 +176,12 @@ def analyze_layers(
     outs_only: dict[str, list[torch.Tensor]] = {l.name: [] for l in layers}
     outs_allbut: dict[str, list[torch.Tensor]] = {l.name: [] for l in layers}
     nodes_run = 0
-    # Weight proxies need no data.
+    # Weight proxies need no data: each weight as the only-this-layer run quantizes it.
     for l in layers:
-        bits = sim.weight_bits(config, l) or sim.scheme.weights.bits
         for _, w in l.weights:
-            wf = prog.initializers[w].float()
-            acc_w[l.name].add(wf, sim._weight(("w", w, bits)))
+            key = only[l.name].weights.get(w)
+            if key is not None:
+                acc_w[l.name].add(prog.initializers[w].float(), sim._weight(key))
     n_batches = len(wl.evaluation)
     with torch.inference_mode():
         for bi, (x, _) in enumerate(wl.evaluation):
@@ -177,17 +193,19 @@ def analyze_layers(
             outs_q.append(q_env[out_name].float())
             for l in layers:
                 name = l.name
-                # tensor proxies on this batch
-                for _, t in l.act_inputs:
-                    qp = sim.act_qparams(t)
-                    if qp is None or t not in fp_env or not fp_env[t].is_floating_point():
+                # tensor proxies on this batch: each input as the only-this-layer run quantizes it
+                for pos, t in l.act_inputs:
+                    key = only[name].edges.get((l.node, pos))
+                    if key is None or t not in fp_env or not fp_env[t].is_floating_point():
                         continue
                     v = fp_env[t]
-                    acc_a[name].add(v, fake_quant(v, qp))
-                    lo = float((qp.qrange.qmin - qp.zero_point) * qp.scale)
-                    hi = float((qp.qrange.qmax - qp.zero_point) * qp.scale)
-                    clip[name][0] += int(((v < lo - 1e-12) | (v > hi + 1e-12)).sum())
+                    acc_a[name].add(v, sim._apply(key, v, t))
                     clip[name][1] += v.numel()
+                    if key[0] == "q":  # dynamic ranges are each sample's own min/max: nothing clips
+                        qp = sim.act_qparams(t)
+                        lo = float((qp.qrange.qmin - qp.zero_point) * qp.scale)
+                        hi = float((qp.qrange.qmax - qp.zero_point) * qp.scale)
+                        clip[name][0] += int(((v < lo - 1e-12) | (v > hi + 1e-12)).sum())
                 if l.output in q_env and l.output in fp_env:
                     acc_d[name].add(fp_env[l.output], q_env[l.output])
                 env = sim.run(feeds, only[name], env=fp_env, nodes=dirty_only[name], keep=True)

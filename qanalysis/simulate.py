@@ -224,10 +224,12 @@ class Simulator:
         return v
 
     # ------------------------------------------------------------------ plans
-    def plan(self, config: Config) -> SimPlan:
+    def plan(self, config: Config, *, bits: Mapping[str, int] | None = None) -> SimPlan:
+        """``bits``: weight bits of named layers, before the config's precisions (sensitivity's
+        one-layer runs: a layer at the scheme's bits even where a module key says "fp32")."""
         a = self.scheme.activations
         plan = SimPlan(config)
-        prec = {l.name: self.weight_bits(config, l) for l in self.qg.layers}
+        prec = {l.name: (bits or {}).get(l.name) or self.weight_bits(config, l) for l in self.qg.layers}
         is_int = {l.node: prec[l.name] is not None for l in self.qg.layers}
         fp16 = {l.node: (config.layers.get(l.name) or config.layers.get(l.module)) == "fp16" for l in self.qg.layers}
 
