@@ -225,3 +225,7 @@ def test_random_torchvision_weights_are_seeded_and_flagged(two_classes):
     sa, sb = a.model.state_dict(), b.model.state_dict()
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
     assert a.random_weights and len(a.warnings) == 1 and "weights are random" in a.warnings[0]
+    from qanalysis.analysis import analyze
+
+    s = analyze(a, baseline=False, previews=0).summary()
+    assert s["random_weights"] is True and s["warnings"] == a.warnings
