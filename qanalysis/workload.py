@@ -195,19 +195,24 @@ def _first_line(e: BaseException) -> str:
 
 
 def _forward(model: torch.nn.Module, inputs: Inputs, which: str) -> torch.Tensor:
-    """The model's output on one batch; a failure (or a 0-d output) is a WorkloadError."""
+    """The model's output on one batch (``which`` names it); a failure or a 0-d output is a WorkloadError."""
     try:
         out = run_model(model, inputs)
     except WorkloadError:
         raise
     except SystemExit as e:
-        raise WorkloadError(f"the model's forward called sys.exit({e.code!r}) on the first {which} batch") from None
+        raise WorkloadError(f"the model's forward called sys.exit({e.code!r}) on {which}") from None
     except Exception as e:  # noqa: BLE001 - user code
         raise WorkloadError(
-            f"the model's forward failed on the first {which} batch (shape "
+            f"the model's forward failed on {which} (shape "
             f"{[list(t.shape) for t in inputs]}): {type(e).__name__}: {_first_line(e)}"
         ) from None
     if out.dim() == 0:
+        if inputs[0].shape[0] == 1:
+            raise WorkloadError(
+                f"the model returns a 0-d tensor for {which}, a batch of one sample: it squeezes the batch "
+                "dimension away (e.g. .squeeze() on [1, 1]); return one row per sample, e.g. with .squeeze(-1)"
+            )
         raise WorkloadError(
             "the model returns a single number (a 0-d tensor) for a whole batch; it must return one row "
             "per sample (shape [N, ...]) so that the outputs of all batches can be concatenated and scored"
@@ -265,10 +270,13 @@ def finish(
     model = model.eval().float()
     calib = _materialize_calibration(_call(lambda: list(calibration), "calibration_batches()"))
     evals = _materialize_evaluation(_call(lambda: list(evaluation), "evaluation_batches()"))
-    out = _forward(model, calib[0], "calibration")
+    out = _forward(model, calib[0], "the first calibration batch")
     if not torch.isfinite(out).all():
         raise WorkloadError("the model produced NaN or infinite outputs on the first calibration batch")
-    eout = _forward(model, evals[0][0], "evaluation")
+    eout = _forward(model, evals[0][0], "the first evaluation batch")
+    for i, (x, _) in enumerate(evals):
+        if i and x[0].shape[0] == 1:  # a squeezing model gives 0-d outputs on a batch of one
+            _forward(model, x, f"evaluation batch {i}")
     if n_classes is not None and eout.dim() == 2 and eout.shape[1] != n_classes:
         raise WorkloadError(
             f"the model has a {eout.shape[1]}-class head but {data} has {n_classes} class folders; top-1 accuracy "

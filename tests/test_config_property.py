@@ -122,15 +122,18 @@ def _obj(draw, values: dict, junk: bool) -> dict:
 
 
 @st.composite
-def configs(draw, junk: bool = True, layer_names=st.text(min_size=1, max_size=12), fix_names=None) -> object:
+def configs(draw, junk: bool = True, layer_names=None, fix_names=None) -> object:
     """A parsed JSON config: valid-looking with ``junk=False``, otherwise anything near a config."""
 
     def part(valid):
         return _maybe_junk(valid) if junk else valid
 
-    spec = lambda which: part(st.none() | _obj(VALID_VALUES[which], junk))  # noqa: E731
+    def spec(which):
+        return part(st.none() | _obj(VALID_VALUES[which], junk))
+
     scheme = st.fixed_dictionaries({}, optional={"weights": spec("weights"), "activations": spec("activations")})
-    layers = st.dictionaries(layer_names, st.sampled_from(PRECISIONS), max_size=3)
+    names = st.text(min_size=1, max_size=12) if layer_names is None else layer_names
+    layers = st.dictionaries(names, st.sampled_from(PRECISIONS), max_size=3)
     fixes = st.lists(st.text(min_size=1, max_size=12) if fix_names is None else fix_names, max_size=2, unique=True)
     d = draw(st.fixed_dictionaries({}, optional={"scheme": part(scheme), "layers": part(layers), "fixes": part(fixes)}))
     if junk and draw(st.integers(0, 9)) == 0:

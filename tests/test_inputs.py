@@ -7,8 +7,8 @@ import json
 
 import pytest
 import torch
-
 from conftest import SPECS, cached_analysis
+
 from qanalysis.errors import WorkloadError
 from qanalysis.workload import load_workload
 
@@ -74,6 +74,7 @@ def test_bad_config_is_one_line(run_cli, tmp_path, cfg, needle):
         ("exits_in_build_model.py", "spec exits_in_build_model.py: build_model() called sys.exit(3)"),
         ("none_targets.py", "evaluation batch 0: the targets are None"),
         ("scalar_output.py", "the model returns a single number (a 0-d tensor) for a whole batch"),
+        ("squeezed_batch_of_one.py", "returns a 0-d tensor for evaluation batch 1, a batch of one sample"),
         ("one_output_head.py", "one output per sample, so top-1 accuracy (the default metric) is 100 %"),
     ],
 )
