@@ -437,8 +437,9 @@ def _torchvision_model(arch: str, weights: Path | None, num_classes: int) -> tor
     not_tensors = [f"{k} ({type(v).__name__})" for k, v in sd.items() if not isinstance(v, torch.Tensor)]
     if not_tensors:
         raise WorkloadError(
-            f"{weights} is not a state_dict of tensors: {len(not_tensors)} entr{'y is' if len(not_tensors) == 1 else 'ies are'} "
-            f"not tensors: {_few(not_tensors)}"
+            f"{weights} is not a state_dict of tensors: "
+            f"{'1 entry is not a tensor' if len(not_tensors) == 1 else f'{len(not_tensors)} entries are not tensors'}: "
+            f"{_few(not_tensors)}"
         )
     # The number of classes comes from the weights (fine-tuned heads): the head's first dimension.
     head = _head_key(fresh.state_dict())
