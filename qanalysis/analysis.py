@@ -18,13 +18,13 @@ import torch
 
 from .baseline import Baseline, measure_baseline
 from .calibrate import TensorStats, collect_stats
-from .errors import ConfigError
+from .errors import ConfigError, WorkloadError
 from .graph import QuantGraph, prepare
 from .outliers import OutlierRow, TensorSummary, find_outliers, outliers_frame, recommend
 from .scheme import Config
 from .sensitivity import SensitivityResult, analyze_layers
 from .simulate import Simulator
-from .workload import Workload
+from .workload import Workload, run_model
 
 Progress = Callable[[str], None]
 
@@ -33,6 +33,61 @@ LAYER_COLUMNS = [
     "e2e_kl", "metric_drop", "metric_drop_all_but", "recommendation", "recommendation_gain",
     "metric_only", "metric_all_but", "e2e_cosine", "act_clipping", "weight_mse", "act_mse", "depth_sqnr_db",
 ]  # fmt: skip
+
+
+UNRELIABLE = "unreliable: the exported graph differs from PyTorch"
+
+# The exported graph "agrees" with PyTorch when its outputs are within this fraction of the
+# outputs' largest magnitude: float32 re-association and BatchNorm folding stay near 1e-6.
+EXPORT_RTOL = 1e-3
+
+
+@dataclass(frozen=True)
+class ExportCheck:
+    """The exported FP32 graph against the PyTorch model, on the whole evaluation data."""
+
+    torch_metric: float
+    graph_metric: float
+    max_abs_diff: float
+    rel_diff: float  # max |graph − torch| / max |torch|; inf when the shapes differ
+    agrees: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"torch_metric": self.torch_metric, "graph_metric": self.graph_metric,
+                "max_abs_diff": self.max_abs_diff, "rel_diff": self.rel_diff, "agrees": self.agrees}  # fmt: skip
+
+    def message(self, metric_name: str) -> str:
+        if self.max_abs_diff != self.max_abs_diff:  # NaN
+            diff = "PyTorch's outputs are NaN or infinite where the graph's are not"
+        elif self.rel_diff == float("inf"):
+            diff = "the outputs differ in shape"
+        else:
+            diff = f"outputs differ by up to {self.rel_diff:.1%} of their largest value"
+        return (
+            f"the exported ONNX graph does not compute what the PyTorch model computes on the evaluation data "
+            f"(PyTorch {self.torch_metric:.2f} vs exported graph {self.graph_metric:.2f} {metric_name}; {diff}), "
+            "so every number of this run describes the exported graph, not your model. The usual cause is control "
+            "flow that depends on input values (`if x.sum() > 0:`), which export fixes to the branch the first "
+            "calibration batch took: write the branch with torch.cond, make it fixed (a constructor argument "
+            "instead of a data test), or compute both branches and select with torch.where"
+        )
+
+
+def check_export(workload: Workload, graph_outputs: torch.Tensor) -> ExportCheck:
+    """Run the PyTorch model on the evaluation data and compare with the exported graph's outputs."""
+    torch_out = torch.cat([run_model(workload.model, x) for x, _ in workload.evaluation])
+    g = graph_outputs.float()
+    graph_metric = workload.score(g)
+    try:
+        torch_metric = workload.score(torch_out)
+    except WorkloadError:  # e.g. NaN in PyTorch where the graph has none: they disagree
+        return ExportCheck(float("nan"), graph_metric, float("nan"), float("inf"), False)
+    if torch_out.shape != g.shape:
+        return ExportCheck(torch_metric, graph_metric, float("inf"), float("inf"), False)
+    max_abs = float((torch_out - g).abs().max()) if g.numel() else 0.0
+    scale = float(torch_out.abs().max()) if g.numel() else 0.0
+    rel = max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else float("inf"))
+    return ExportCheck(torch_metric, graph_metric, max_abs, rel, rel <= EXPORT_RTOL or max_abs <= 1e-6)
 
 
 def verdict(drop: float) -> str:
@@ -121,6 +176,20 @@ class Analysis:
     flips: pd.DataFrame | None
     timings: dict[str, float] = field(default_factory=dict)
     fix_notes: list[str] = field(default_factory=list)
+    export_check: ExportCheck | None = None
+
+    @property
+    def export_mismatch(self) -> bool:
+        """True when the exported graph disagrees with PyTorch: no number of this run is about the model."""
+        return self.export_check is not None and not self.export_check.agrees
+
+    @property
+    def warnings(self) -> list[str]:
+        """What a user must read before trusting the numbers, most serious first (one sentence each)."""
+        out = []
+        if self.export_mismatch:
+            out.append(self.export_check.message(self.workload.metric_name))
+        return out + list(self.workload.warnings)
 
     @property
     def fp32_metric(self) -> float:
@@ -136,7 +205,7 @@ class Analysis:
 
     @property
     def verdict(self) -> str:
-        return verdict(self.drop)
+        return UNRELIABLE if self.export_mismatch else verdict(self.drop)
 
     def layers_frame(self) -> pd.DataFrame:
         return self.sens.to_frame()[LAYER_COLUMNS]
@@ -162,6 +231,10 @@ class Analysis:
             "int8_metric": self.int8_metric,
             "drop": self.drop,
             "verdict": self.verdict,
+            "warnings": self.warnings,
+            "export_mismatch": self.export_mismatch,
+            "export_check": self.export_check.to_dict() if self.export_check else None,
+            "random_weights": wl.random_weights,
             "scheme": self.config.scheme.to_dict(),
             "scheme_label": self.config.scheme.label(),
             "config": self.config.to_dict(),
@@ -246,6 +319,11 @@ def analyze(
         sens.rebase(workload.score(reference), reference)
     timings["sensitivity"] = time.perf_counter() - t
     t = time.perf_counter()
+    export_check = check_export(workload, sens.fp32_outputs)
+    if not export_check.agrees:
+        say("warning: " + export_check.message(workload.metric_name))
+    timings["export_check"] = time.perf_counter() - t
+    t = time.perf_counter()
     outl, summaries = find_outliers(sim, stats)
     recommend(workload, sim, config, sens, summaries, stats, max_previews=previews, progress=say)
     timings["outliers_and_recommendations"] = time.perf_counter() - t
@@ -263,6 +341,7 @@ def analyze(
         per_class=per_class_frame(workload, sens.fp32_outputs, sens.int8_outputs),
         flips=flips_frame(workload, sens.fp32_outputs, sens.int8_outputs),
         timings=timings,
+        export_check=export_check,
     )
 
 

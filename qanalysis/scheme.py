@@ -85,8 +85,10 @@ class ActivationSpec:
             )
         if not isinstance(self.symmetric, bool) or not isinstance(self.dynamic, bool):
             raise ConfigError("activation 'symmetric' and 'dynamic' must be true or false")
-        if not 50.0 < float(self.percentile) <= 100.0:
-            raise ConfigError(f"activation percentile must be in (50, 100], got {self.percentile!r}")
+        p = self.percentile
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 50.0 < p <= 100.0:
+            raise ConfigError(f"activation percentile must be a number in (50, 100], got {p!r}")
+        object.__setattr__(self, "percentile", float(p))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -99,7 +101,7 @@ class Scheme:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None) -> "Scheme":
-        d = dict(d or {})
+        d = _object(d, "config 'scheme'")
         unknown = set(d) - {"weights", "activations"}
         if unknown:
             raise ConfigError(f"unknown scheme key(s) {sorted(unknown)}; expected 'weights', 'activations'")
@@ -118,11 +120,37 @@ class Scheme:
         )
 
 
+def _object(d: Any, where: str) -> dict[str, Any]:
+    """A JSON object as a dict; ``null`` (or missing) is an empty object, anything else an error."""
+    if d is None:
+        return {}
+    if not isinstance(d, Mapping):
+        raise ConfigError(f"{where} must be a JSON object, got {_json_type(d)}")
+    return dict(d)
+
+
+def _json_type(v: Any) -> str:
+    """The JSON name of a parsed value's type, as the user wrote it."""
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return f"{str(v).lower()} (a boolean)"
+    if isinstance(v, (int, float)):
+        return f"{v!r} (a number)"
+    if isinstance(v, str):
+        return f"{v!r} (a string)"
+    if isinstance(v, (list, tuple)):
+        return "an array"
+    if isinstance(v, Mapping):
+        return "an object"
+    return type(v).__name__
+
+
 def _build(cls: type, d: Any, where: str) -> Any:
     if d is None:
         return cls()
     if not isinstance(d, Mapping):
-        raise ConfigError(f"{where} must be a JSON object, got {type(d).__name__}")
+        raise ConfigError(f"{where} must be a JSON object, got {_json_type(d)}")
     allowed = set(cls.__dataclass_fields__)
     unknown = set(d) - allowed
     if unknown:
@@ -142,9 +170,17 @@ class Config:
     fixes: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        if not isinstance(self.scheme, Scheme):
+            raise ConfigError(f"config 'scheme' must be a Scheme, got {type(self.scheme).__name__}")
+        if not isinstance(self.layers, Mapping):
+            raise ConfigError(f"config 'layers' must map layer names to precisions, got {_json_type(self.layers)}")
         for name, p in self.layers.items():
-            if p not in PRECISIONS:
-                raise ConfigError(f"layer {name!r}: precision must be one of {', '.join(PRECISIONS)}, got {p!r}")
+            if not isinstance(name, str):
+                raise ConfigError(f"config 'layers': layer names must be strings, got {name!r}")
+            if not isinstance(p, str) or p not in PRECISIONS:
+                raise ConfigError(f"layer {name!r}: precision must be one of {', '.join(PRECISIONS)}, got {_json_type(p)}")
+        if isinstance(self.fixes, str) or not all(isinstance(f, str) and f for f in self.fixes):
+            raise ConfigError(f"config 'fixes' must be a list of fix names, got {self.fixes!r}")
         object.__setattr__(self, "layers", dict(self.layers))
         object.__setattr__(self, "fixes", tuple(self.fixes))
 
@@ -165,16 +201,23 @@ class Config:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None) -> "Config":
-        d = dict(d or {})
+        """The config of a parsed JSON object; every wrong key, type or value is a ConfigError."""
+        d = _object(d, "a config")
         unknown = set(d) - {"scheme", "layers", "fixes"}
         if unknown:
-            raise ConfigError(f"unknown config key(s) {sorted(unknown)}; expected 'scheme', 'layers', 'fixes'")
-        layers = d.get("layers") or {}
+            raise ConfigError(f"unknown config key(s) {sorted(map(str, unknown))}; expected 'scheme', 'layers', 'fixes'")
+        layers = d.get("layers")
+        if layers is None:
+            layers = {}
         if not isinstance(layers, Mapping):
-            raise ConfigError("config 'layers' must be an object mapping layer names to precisions")
-        fixes = d.get("fixes") or []
-        if not isinstance(fixes, list) or not all(isinstance(f, str) for f in fixes):
-            raise ConfigError("config 'fixes' must be a list of fix names")
+            raise ConfigError(
+                f"config 'layers' must be an object mapping layer names to precisions, got {_json_type(layers)}"
+            )
+        fixes = d.get("fixes")
+        if fixes is None:
+            fixes = []
+        if not isinstance(fixes, list) or not all(isinstance(f, str) and f for f in fixes):
+            raise ConfigError(f"config 'fixes' must be a list of fix names, got {_json_type(fixes)}")
         return cls(scheme=Scheme.from_dict(d.get("scheme")), layers=layers, fixes=tuple(fixes))
 
     @classmethod
@@ -188,6 +231,10 @@ class Config:
             d = json.loads(p.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ConfigError(f"config {p} is not valid JSON: {e}") from None
+        except RecursionError:
+            raise ConfigError(f"config {p} is nested too deeply to read (a config is at most 3 levels deep)") from None
+        except OSError as e:
+            raise ConfigError(f"cannot read config {p}: {e.strerror or e}") from None
         if not isinstance(d, Mapping):
             raise ConfigError(f"config {p} must hold a JSON object")
         return cls.from_dict(d)

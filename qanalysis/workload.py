@@ -20,7 +20,7 @@ import sys
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Literal
+from typing import Any, Callable, Iterable, Literal, Mapping
 
 import torch
 
@@ -69,6 +69,9 @@ class Workload:
     class_names: list[str] | None = None
     input_names: list[str] = field(default_factory=list)
     images: bool = False
+    # what the user must know before trusting the numbers (e.g. random weights), shown with the result
+    warnings: list[str] = field(default_factory=list)
+    random_weights: bool = False
 
     @property
     def n_eval(self) -> int:
@@ -89,6 +92,8 @@ class Workload:
             value = self.evaluate(outputs, self.targets())
         except WorkloadError:
             raise
+        except SystemExit as e:
+            raise WorkloadError(f"evaluate() called sys.exit({e.code!r}); it must return a number") from None
         except Exception as e:  # noqa: BLE001 - user code
             raise WorkloadError(f"evaluate() raised {type(e).__name__}: {e}") from None
         try:
@@ -146,10 +151,27 @@ def _materialize_evaluation(it: Iterable[Any]) -> list[tuple[Inputs, torch.Tenso
         x, y = b
         x = as_inputs(x, f"evaluation batch {i} inputs")
         x = tuple(t.detach().float() if t.is_floating_point() else t.detach() for t in x)
+        if y is None:
+            raise WorkloadError(
+                f"evaluation batch {i}: the targets are None; evaluation_batches() must yield (inputs, targets) "
+                "with one target per sample (if your metric needs none, yield e.g. torch.zeros(N) and define evaluate())"
+            )
         if not isinstance(y, torch.Tensor):
-            y = torch.as_tensor(y)
+            try:
+                y = torch.as_tensor(y)
+            except Exception:  # noqa: BLE001 - whatever the user yielded
+                raise WorkloadError(
+                    f"evaluation batch {i}: the targets must be a tensor (one per sample), got {type(y).__name__}"
+                ) from None
+        if y.dim() == 0:
+            raise WorkloadError(f"evaluation batch {i}: the targets are a single number; give one target per sample")
         if y.shape[0] != x[0].shape[0]:
             raise WorkloadError(f"evaluation batch {i}: {x[0].shape[0]} inputs but {y.shape[0]} targets")
+        if batches and y.shape[1:] != batches[0][1].shape[1:]:
+            raise WorkloadError(
+                f"evaluation batch {i}: targets of shape {list(y.shape)} do not match batch 0's "
+                f"{list(batches[0][1].shape)} beyond the first dimension, so they cannot be concatenated"
+            )
         batches.append((x, y))
     if not batches:
         raise WorkloadError("evaluation_batches() yielded no batches")
@@ -157,12 +179,66 @@ def _materialize_evaluation(it: Iterable[Any]) -> list[tuple[Inputs, torch.Tenso
 
 
 def _call(fn: Callable, what: str) -> Any:
+    """``fn()``; anything user code raises, sys.exit included, becomes a WorkloadError naming ``what``."""
     try:
         return fn()
     except WorkloadError:
         raise
+    except SystemExit as e:
+        raise WorkloadError(f"{what} called sys.exit({e.code!r}) instead of returning") from None
     except Exception as e:  # noqa: BLE001 - user code
         raise WorkloadError(f"{what} raised {type(e).__name__}: {e}") from None
+
+
+def _first_line(e: BaseException) -> str:
+    return str(e).splitlines()[0] if str(e) else ""
+
+
+def _forward(model: torch.nn.Module, inputs: Inputs, which: str) -> torch.Tensor:
+    """The model's output on one batch (``which`` names it); a failure or a 0-d output is a WorkloadError."""
+    try:
+        out = run_model(model, inputs)
+    except WorkloadError:
+        raise
+    except SystemExit as e:
+        raise WorkloadError(f"the model's forward called sys.exit({e.code!r}) on {which}") from None
+    except Exception as e:  # noqa: BLE001 - user code
+        raise WorkloadError(
+            f"the model's forward failed on {which} (shape "
+            f"{[list(t.shape) for t in inputs]}): {type(e).__name__}: {_first_line(e)}"
+        ) from None
+    if out.dim() == 0:
+        if inputs[0].shape[0] == 1:
+            raise WorkloadError(
+                f"the model returns a 0-d tensor for {which}, a batch of one sample: it squeezes the batch "
+                "dimension away (e.g. .squeeze() on [1, 1]); return one row per sample, e.g. with .squeeze(-1)"
+            )
+        raise WorkloadError(
+            "the model returns a single number (a 0-d tensor) for a whole batch; it must return one row "
+            "per sample (shape [N, ...]) so that the outputs of all batches can be concatenated and scored"
+        )
+    return out
+
+
+def _check_default_metric(outputs: torch.Tensor, targets: torch.Tensor) -> None:
+    """Top-1 accuracy (the default metric) only means something with 2+ classes and ids in range."""
+    if outputs.dim() != 2:
+        return  # top1_accuracy says so when it is called
+    n_out = int(outputs.shape[1])
+    if n_out == 1:
+        raise WorkloadError(
+            "the model has one output per sample, so top-1 accuracy (the default metric) is 100 % whatever "
+            "it predicts; define evaluate(outputs, targets) in a spec (e.g. accuracy of outputs > 0 for a "
+            "binary classifier with one logit)"
+        )
+    if targets.is_floating_point() and not bool((targets == targets.round()).all()):
+        return  # not class ids: top1_accuracy's result is the user's choice of metric
+    lo, hi = int(targets.min()), int(targets.max())
+    if lo < 0 or hi >= n_out:
+        raise WorkloadError(
+            f"the evaluation targets hold class ids {lo}..{hi} but the model has {n_out} outputs, so top-1 "
+            "accuracy (the default metric) cannot score them; check the targets or define evaluate()"
+        )
 
 
 def _infer_task(outputs: torch.Tensor, targets: torch.Tensor, default_metric: bool) -> Task:
@@ -181,31 +257,34 @@ def finish(
     calibration: Iterable[Any],
     evaluation: Iterable[Any],
     evaluate: Callable | None,
+    *,
+    n_classes: int | None = None,
+    data: Path | None = None,
     **extra: Any,
 ) -> Workload:
-    """Materialize the batches, check the model runs on them, infer the task."""
+    """Materialize the batches, check the model runs on them, infer the task.
+
+    ``n_classes``: the number of class folders of an image folder ``data``; the model's head must match."""
     if not isinstance(model, torch.nn.Module):
         raise WorkloadError(f"build_model() must return a torch.nn.Module, got {type(model).__name__}")
     model = model.eval().float()
     calib = _materialize_calibration(_call(lambda: list(calibration), "calibration_batches()"))
     evals = _materialize_evaluation(_call(lambda: list(evaluation), "evaluation_batches()"))
-    try:
-        out = run_model(model, calib[0])
-    except WorkloadError:
-        raise
-    except Exception as e:  # noqa: BLE001 - user code
-        raise WorkloadError(
-            f"the model's forward failed on the first calibration batch (shape "
-            f"{[list(t.shape) for t in calib[0]]}): {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-        ) from None
+    out = _forward(model, calib[0], "the first calibration batch")
     if not torch.isfinite(out).all():
         raise WorkloadError("the model produced NaN or infinite outputs on the first calibration batch")
-    try:
-        eout = run_model(model, evals[0][0])
-    except Exception as e:  # noqa: BLE001 - user code
+    eout = _forward(model, evals[0][0], "the first evaluation batch")
+    for i, (x, _) in enumerate(evals):
+        if i and x[0].shape[0] == 1:  # a squeezing model gives 0-d outputs on a batch of one
+            _forward(model, x, f"evaluation batch {i}")
+    if n_classes is not None and eout.dim() == 2 and eout.shape[1] != n_classes:
         raise WorkloadError(
-            f"the model's forward failed on the first evaluation batch: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-        ) from None
+            f"the model has a {eout.shape[1]}-class head but {data} has {n_classes} class folders; top-1 accuracy "
+            f"would compare head index i with the i-th folder in sorted order, which means nothing here. Give "
+            f"one sub-folder per class of the head, named so that sorted order is the head's order"
+        )
+    if evaluate is None:
+        _check_default_metric(eout, torch.cat([t for _, t in evals]))
     task = _infer_task(eout, evals[0][1], evaluate is None)
     wl = Workload(
         name=name,
@@ -235,6 +314,12 @@ def _import_spec(path: Path) -> Any:
     sys.modules[mod_name] = module
     try:
         spec.loader.exec_module(module)
+    except SystemExit as e:
+        sys.modules.pop(mod_name, None)
+        raise WorkloadError(
+            f"spec {path.name} called sys.exit({e.code!r}) on import; a spec only defines functions "
+            "(put script code under `if __name__ == \"__main__\":`)"
+        ) from None
     except Exception as e:  # noqa: BLE001 - user code
         sys.modules.pop(mod_name, None)
         raise WorkloadError(f"spec {path.name} raised {type(e).__name__} on import: {e}") from None
@@ -247,15 +332,16 @@ def load_spec(path: str | Path, name: str | None = None) -> Workload:
     missing = [f for f in ("build_model", "calibration_batches", "evaluation_batches") if not callable(getattr(m, f, None))]
     if missing:
         raise WorkloadError(f"spec {path.name} does not define {', '.join(missing)}()")
-    model = _call(m.build_model, "build_model()")
+    where = f"spec {path.name}:"
+    model = _call(m.build_model, f"{where} build_model()")
     evaluate = getattr(m, "evaluate", None)
     training = getattr(m, "training_batches", None)
     loss = getattr(m, "loss", None)
     return finish(
         name or str(path),
         model,
-        _call(m.calibration_batches, "calibration_batches()"),
-        _call(m.evaluation_batches, "evaluation_batches()"),
+        _call(lambda: list(m.calibration_batches()), f"{where} calibration_batches()"),
+        _call(lambda: list(m.evaluation_batches()), f"{where} evaluation_batches()"),
         evaluate if callable(evaluate) else None,
         metric_name=getattr(m, "METRIC_NAME", "accuracy (%)" if not callable(evaluate) else "metric"),
         description=getattr(m, "DESCRIPTION", ""),
@@ -277,6 +363,49 @@ def load_sample(name: str) -> Workload:
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".webp", ".tif", ".tiff"}
 
 
+TORCHVISION_SEED = 0
+
+
+def _build_torchvision(arch: str, **kwargs: Any) -> torch.nn.Module:
+    """``get_model(arch, weights=None)`` with a fixed seed, so random weights are the same on every run;
+    the caller's global RNG state is left as it was."""
+    import torchvision
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(TORCHVISION_SEED)
+        return torchvision.models.get_model(arch, weights=None, **kwargs)
+
+
+def _few(items: list[str], n: int = 3) -> str:
+    return ", ".join(items[:n]) + (f", ... ({len(items) - n} more)" if len(items) > n else "")
+
+
+def describe_state_dict_mismatch(expected: Mapping[str, Any], given: Mapping[str, Any]) -> str:
+    """Which keys are missing or unexpected and which shapes differ (first few of each, counted); '' if it fits."""
+    missing = [k for k in expected if k not in given and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in given if k not in expected]
+    shapes = [
+        f"{k}: file {list(given[k].shape)}, model {list(expected[k].shape)}"
+        for k in expected
+        if k in given and tuple(given[k].shape) != tuple(expected[k].shape)
+    ]
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing key(s): {_few(missing)}")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected key(s): {_few(unexpected)}")
+    if shapes:
+        parts.append(f"{len(shapes)} shape(s) differ: {_few(shapes)}")
+    return "; ".join(parts)
+
+
+def _head_key(fresh: Mapping[str, torch.Tensor]) -> str | None:
+    """The classifier head's weight: the last entry of 2+ dimensions whose first is torchvision's default
+    1000 classes (a Linear [1000, F] in most models, a 1×1 Conv [1000, F, 1, 1] in SqueezeNet)."""
+    keys = [k for k, v in fresh.items() if v.dim() >= 2 and v.shape[0] == 1000]
+    return keys[-1] if keys else None
+
+
 def _torchvision_model(arch: str, weights: Path | None, num_classes: int) -> torch.nn.Module:
     import torchvision
 
@@ -287,7 +416,7 @@ def _torchvision_model(arch: str, weights: Path | None, num_classes: int) -> tor
     if arch not in available:
         raise WorkloadError(f"unknown torchvision architecture {arch!r}; e.g. resnet18, mobilenet_v3_small, vit_b_16")
     if weights is None:
-        return torchvision.models.get_model(arch, weights=None, num_classes=num_classes)
+        return _build_torchvision(arch, num_classes=num_classes)
     if not weights.is_file():
         raise WorkloadError(f"weights file not found: {weights}")
     try:
@@ -297,23 +426,53 @@ def _torchvision_model(arch: str, weights: Path | None, num_classes: int) -> tor
             obj = torch.load(weights, map_location="cpu", weights_only=False)
         except Exception as e:  # noqa: BLE001
             raise WorkloadError(f"cannot read weights {weights}: {type(e).__name__}: {e}") from None
+    fresh = _build_torchvision(arch)
     if isinstance(obj, torch.nn.Module):
-        return obj
+        return _check_whole_model(obj, fresh, arch, weights)
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict):
         raise WorkloadError(f"{weights} holds a {type(obj).__name__}, not a state_dict or a model")
-    sd = {k.removeprefix("module."): v for k, v in obj.items()}
-    # The number of classes comes from the weights: the last 2-D parameter of a fresh model is the head.
-    fresh = torchvision.models.get_model(arch, weights=None)
-    head = [k for k, v in fresh.state_dict().items() if v.dim() == 2][-1]
-    n_cls = int(sd[head].shape[0]) if head in sd else num_classes
-    model = torchvision.models.get_model(arch, weights=None, num_classes=n_cls)
+    sd = {str(k).removeprefix("module."): v for k, v in obj.items()}
+    not_tensors = [f"{k} ({type(v).__name__})" for k, v in sd.items() if not isinstance(v, torch.Tensor)]
+    if not_tensors:
+        raise WorkloadError(
+            f"{weights} is not a state_dict of tensors: "
+            f"{'1 entry is not a tensor' if len(not_tensors) == 1 else f'{len(not_tensors)} entries are not tensors'}: "
+            f"{_few(not_tensors)}"
+        )
+    # The number of classes comes from the weights (fine-tuned heads): the head's first dimension.
+    head = _head_key(fresh.state_dict())
+    n_cls = int(sd[head].shape[0]) if head is not None and head in sd and sd[head].dim() >= 1 else num_classes
+    model = _build_torchvision(arch, num_classes=n_cls) if n_cls != 1000 else fresh
+    problem = describe_state_dict_mismatch(model.state_dict(), sd)
+    if problem:
+        raise WorkloadError(f"{weights} does not fit torchvision's {arch}: {problem}")
     try:
         model.load_state_dict(sd)
     except RuntimeError as e:
-        raise WorkloadError(f"{weights} does not fit {arch}: {str(e).splitlines()[0]}") from None
+        raise WorkloadError(f"{weights} does not fit torchvision's {arch}: {_first_line(e)}") from None
     return model
+
+
+def _check_whole_model(obj: torch.nn.Module, fresh: torch.nn.Module, arch: str, weights: Path) -> torch.nn.Module:
+    """A whole saved model is used as it is, but only if it is the architecture the user named."""
+    got, want = type(obj).__name__, type(fresh).__name__
+    if not isinstance(obj, type(fresh)):
+        raise WorkloadError(
+            f"{weights} holds a whole {got} model, but torchvision:{arch} is a {want}; name the architecture "
+            f"the file holds (or load it through a spec file)"
+        )
+    head = _head_key(fresh.state_dict())
+    mine = {k: v for k, v in obj.state_dict().items() if k != head and not (head and k == head.replace("weight", "bias"))}
+    theirs = {k: v for k, v in fresh.state_dict().items() if k != head and not (head and k == head.replace("weight", "bias"))}
+    problem = describe_state_dict_mismatch(theirs, mine)
+    if problem:
+        raise WorkloadError(
+            f"{weights} holds a whole {got} model whose layers differ from torchvision's {arch} ({problem}); "
+            f"is it another {got} variant? Name the architecture the file holds"
+        )
+    return obj
 
 
 def load_torchvision(spec: str, data: str | Path | None, *, calib_fraction: float = 0.25, max_calib: int = 256) -> Workload:
@@ -330,6 +489,11 @@ def load_torchvision(spec: str, data: str | Path | None, *, calib_fraction: floa
     classes = sorted(d.name for d in root.iterdir() if d.is_dir())
     if not classes:
         raise WorkloadError(f"{root} has no class sub-folders")
+    if len(classes) == 1:
+        raise WorkloadError(
+            f"{root} has one class sub-folder ({classes[0]}): top-1 accuracy over a single class cannot measure "
+            "what quantization costs; give one sub-folder per class (two or more)"
+        )
     rng = random.Random(0)
     calib_files: list[tuple[Path, int]] = []
     eval_files: list[tuple[Path, int]] = []
@@ -343,6 +507,12 @@ def load_torchvision(spec: str, data: str | Path | None, *, calib_fraction: floa
     if not eval_files or not calib_files:
         raise WorkloadError(f"{root} needs at least two images in some class (calibration and evaluation)")
     model = _torchvision_model(arch, Path(w) if w else None, len(classes))
+    warnings = []
+    if not w:
+        warnings.append(
+            f"torchvision:{arch} was given no weights file, so its weights are random (seeded, the same on "
+            f"every run): the accuracy and its drop mean nothing; use torchvision:{arch}@WEIGHTS.pt for your model"
+        )
     tf = transforms.Compose(
         [
             transforms.Resize(256),
@@ -379,6 +549,10 @@ def load_torchvision(spec: str, data: str | Path | None, *, calib_fraction: floa
         class_names=classes,
         images=True,
         loss=default_loss,
+        warnings=warnings,
+        random_weights=not w,
+        n_classes=len(classes),
+        data=root,
     )
 
 

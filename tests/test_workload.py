@@ -75,10 +75,15 @@ def image_folder(tmp_path_factory):
 def test_torchvision_state_dict_sets_number_of_classes(image_folder, tmp_path):
     import torchvision
 
-    m = torchvision.models.resnet18(num_classes=7)
+    torch.save(torchvision.models.resnet18(num_classes=7).state_dict(), tmp_path / "w7.pt")
+    # the head's size comes from the weights, and a head that does not match the folders is refused
+    with pytest.raises(WorkloadError, match="7-class head but .* has 3 class folders"):
+        load_workload(f"torchvision:resnet18@{tmp_path / 'w7.pt'}", image_folder)
+    m = torchvision.models.resnet18(num_classes=3)
     torch.save(m.state_dict(), tmp_path / "w.pt")
     wl = load_workload(f"torchvision:resnet18@{tmp_path / 'w.pt'}", image_folder)
-    assert wl.model.fc.out_features == 7
+    assert wl.model.fc.out_features == 3 and not wl.random_weights
+    assert torch.equal(wl.model.fc.weight, m.fc.weight)
     assert wl.calibration[0][0].shape[1:] == (3, 224, 224)
     assert wl.n_calib == 3 and wl.n_eval == 9  # one calibration image per class, split deterministically
     assert wl.class_names == ["cat", "dog", "eel"]
