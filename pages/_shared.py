@@ -58,6 +58,7 @@ VERDICT_HELP = {
     "ship INT8": "drop below 1 point: ship INT8.",
     "mixed precision or QAT": "drop of 1–3 points: keep the most sensitive layers in FP16 (Mixed precision page) or fine-tune with QAT.",
     "keep FP16": "drop above 3 points: keep FP16, or fix the layers named on the Layer error page first.",
+    "unreliable: the exported graph differs from PyTorch": "the numbers below describe the exported graph, not your model (see the warning).",
 }
 
 
@@ -456,6 +457,12 @@ def fmt_ms(latency: dict | None) -> str:
     if not latency:
         return "n/a"
     return f"{latency['mean_ms']:.3g} ms"
+
+
+def warnings_banner(warnings: list[str]) -> None:
+    """What the run itself flagged (export mismatch, random weights): shown above every result."""
+    for w in warnings:
+        st.warning(w, icon=":material/report:")
 
 
 def verdict_banner(verdict: str, drop: float, *, prefix: str = "Verdict") -> None:

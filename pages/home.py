@@ -20,6 +20,7 @@ from pages._shared import (
     summary,
     table,
     verdict_banner,
+    warnings_banner,
 )
 from qanalysis import figures
 
@@ -63,6 +64,7 @@ if wl.description:
 
 # The headline straight from the analysis: ``summary()`` also collects library versions, whose
 # imports cost seconds on a cold start, so it waits for the "Run details" at the end.
+warnings_banner(a.warnings)
 verdict_banner(a.verdict, a.drop)
 
 c = st.columns(4)

@@ -117,6 +117,8 @@ def _analyze(args: argparse.Namespace) -> int:
         say(f"writing {st.out}")
         write_analysis(a, st.path)
     s = a.summary()
+    for w in a.warnings:  # loud, even with --quiet: the numbers below may not mean what they say
+        print(f"warning: {w}", file=sys.stderr)
     print(_summary_line(s))
     # ties on the (coarse) metric drop are broken by the end-to-end output SQNR, lowest first
     top = a.layers_frame().sort_values(["metric_drop", "e2e_sqnr_db"], ascending=[False, True]).head(5)
@@ -141,6 +143,8 @@ def _search(args: argparse.Namespace) -> int:
         say(f"loading {args.model}")
         wl = load_workload(args.model, args.data)
         a = analyze(wl, config, progress=say, baseline=False, previews=0)
+        for w in a.warnings:
+            print(f"warning: {w}", file=sys.stderr)
         res = search(a, args.max_drop, objective=args.objective, progress=say, allow_int4=args.int4)
         write_csv(res.frame(), out / "pareto.csv")
         write_json(res.summary(), out / "search.json")

@@ -111,7 +111,7 @@ def write_analysis(a, out: Path) -> list[Path]:
         tables["Per class"] = a.per_class
     corr = summary["proxy_rank_correlation"]
     fmt = lambda d: ", ".join(f"{k} {v:.2f}" if math.isfinite(v) else f"{k} n/a (no variance)" for k, v in d.items())  # noqa: E731
-    notes = [
+    notes = [*(f"Warning: {w}" for w in summary.get("warnings", [])),
         "How well each cheap proxy predicted the end-to-end ranking (Spearman, +1 = perfect). "
         f"Against the metric drop: {fmt(corr['vs_metric_drop'])}. Against the model-output SQNR: {fmt(corr['vs_e2e_sqnr'])}.",
         f"Verdict: {summary['verdict']} (drop {summary['drop']:.2f} points; < 1 ship INT8, 1–3 mixed precision or QAT, > 3 keep FP16).",

@@ -373,3 +373,22 @@ def test_fixes_page_without_fixes_in_the_core(monkeypatch: pytest.MonkeyPatch) -
     assert "not available in this version" in texts(at.info)
     assert not at.main.multiselect and not at.main.button
     assert "conv2.conv" in set(at.dataframe[0].value["layer"])  # where a fix would help
+
+
+def test_export_mismatch_is_a_banner_not_a_verdict():
+    at = start(str(ROOT / "tests" / "specs" / "data_dependent_branch.py"))
+    warnings = texts(at.warning)
+    assert "exported ONNX graph does not compute" in warnings and "torch.cond" in warnings
+    assert "ship INT8" not in texts(at.success)
+    assert "unreliable" in texts(at.error)
+
+
+@pytest.mark.parametrize("spec,needle", [("exits_on_import.py", "sys.exit(0) on import"),
+                                         ("exits_in_build_model.py", "called sys.exit(3)"),
+                                         ("scalar_output.py", "0-d tensor"), ("none_targets.py", "targets are None")])
+def test_bad_specs_are_one_error_on_the_page(spec, needle):
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.query_params["model"] = str(ROOT / "tests" / "specs" / spec)
+    at.run()
+    assert not at.exception, at.exception
+    assert needle in texts(at.error), texts(at.error)

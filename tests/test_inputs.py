@@ -104,6 +104,8 @@ def test_data_dependent_branch_is_flagged_loudly(run_cli, tmp_path):
     assert s["export_check"]["torch_metric"] == 0.0 and s["export_check"]["graph_metric"] == 100.0
     assert len(s["warnings"]) == 1 and "torch.cond" in s["warnings"][0] and "PyTorch 0.00" in s["warnings"][0]
     assert UNRELIABLE in out and "ship INT8" not in out
+    assert err.startswith("warning: the exported ONNX graph does not compute") and "torch.cond" in err  # even with --quiet
+    assert "Warning: the exported ONNX graph" in (tmp_path / "o" / "report.html").read_text()
 
 
 @pytest.mark.parametrize("source", ["sample:diabetes_mlp", "sample:digits_cnn"])
