@@ -135,3 +135,29 @@ def measure_baseline(wl: Workload, onnx_path: Path, *, repeats: int = 20) -> Bas
         torch_peak_memory_bytes=tmem,
         ort_peak_memory_bytes=omem,
     )
+
+
+# Spread beyond which a timing is flagged: the interquartile range over the median.
+UNSTABLE_IQR_OVER_MEDIAN = 0.25
+
+
+def latency_protocol(fn: Callable[[], object], *, repeats: int = 50, warmup: int = 5, budget_s: float = 10.0) -> dict:
+    """The one way latency is measured: ``warmup`` untimed calls, then up to ``repeats`` timed
+    calls (at least 10, ``budget_s`` permitting); median, IQR, mean ± std in ms per call, and
+    ``unstable`` when IQR / median > 25 % (a busy machine: do not trust small differences)."""
+    import numpy as np
+
+    for _ in range(warmup):
+        fn()
+    times = []
+    start = time.perf_counter()
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t) * 1000.0)
+        if len(times) >= 10 and time.perf_counter() - start > budget_s:
+            break
+    a = np.asarray(times)
+    q1, med, q3 = (float(v) for v in np.percentile(a, [25, 50, 75]))
+    return {"median_ms": med, "iqr_ms": q3 - q1, "mean_ms": float(a.mean()), "std_ms": float(a.std()),
+            "runs": len(times), "unstable": bool(med > 0 and (q3 - q1) / med > UNSTABLE_IQR_OVER_MEDIAN)}  # fmt: skip
