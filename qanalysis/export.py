@@ -25,7 +25,8 @@ from onnx import helper
 
 from . import metrics as M
 from .baseline import first_sample, peak_memory_bytes, time_calls
-from .engine import attribute_to_layers, build_dynamic_engine, build_fp16_engine, build_int8_engine, profile_nodes, run_session, session
+from .engine import (attribute_to_layers, build_dynamic_engine, build_fp16_engine, build_int8_engine, fp16_layers,
+                     profile_nodes, run_session, session)
 from .errors import ExportError
 from .graph import prepare
 from .scheme import ActivationSpec, Config, Scheme
@@ -271,7 +272,7 @@ def export(
         build = build_int8_engine(qg, sim, plan, eng_path, wl.calibration[0])
     elif mode == "dynamic":
         float_nodes = [l.node_name for l in qg.layers if sim.weight_bits(sim_config, l) is None]
-        eng_path = build_dynamic_engine(qg.float_path, out / "model_int8.onnx", float_nodes)
+        eng_path = build_dynamic_engine(qg.float_path, out / "model_int8.onnx", float_nodes, fp16_layers(qg, sim, plan))
     elif mode == "fp16":
         eng_path = build_fp16_engine(qg.float_path, out / "model_fp16.onnx")
     else:
