@@ -244,7 +244,7 @@ def export(
     timings: dict[str, float] = {}
     t = time.perf_counter()
     say("exporting to ONNX and reading ONNX Runtime's quantization plan")
-    qg = prepare(wl, config.scheme)
+    qg = prepare(wl, config.scheme, progress=say)
     check_config(config, qg)
     timings["export_and_plan"] = time.perf_counter() - t
     t = time.perf_counter()

@@ -201,13 +201,22 @@ def search(
     workdir: Path | None = None,
     allow_int4: bool = False,
 ) -> SearchResult:
+    """The search; its engines go to ``workdir``, or to a temporary folder removed afterwards."""
+    kw = dict(objective=objective, progress=progress, measure=measure, allow_int4=allow_int4)
+    if workdir is not None:
+        return _search(a, max_drop, Path(workdir), **kw)
+    with tempfile.TemporaryDirectory(prefix="qanalysis-search-") as d:
+        return _search(a, max_drop, Path(d), **kw)
+
+
+def _search(a: Analysis, max_drop: float, wd: Path, *, objective: Objective, progress: Progress | None,
+            measure: bool, allow_int4: bool) -> SearchResult:  # fmt: skip
     if objective not in ("latency", "size"):
         raise ConfigError(f"objective must be 'latency' or 'size', got {objective!r}")
     if not max_drop >= 0:
         raise ConfigError(f"--max-drop must be a non-negative number of metric points, got {max_drop}")
     say = progress or (lambda m: None)
     t0 = time.perf_counter()
-    wd = Path(workdir or tempfile.mkdtemp(prefix="qanalysis-search-"))
     costs = measure_costs(a, wd, say)
     names = [l.name for l in a.qgraph.layers]
     base_layers = {k: v for k, v in a.config.layers.items()}
