@@ -148,7 +148,7 @@ def engine_peak_memory(path: str | Path, inputs: Inputs, *, timeout_s: float = 3
         np.savez(feeds, *[t.detach().cpu().numpy() for t in inputs])
         try:  # cwd: the empty folder, so nothing there shadows numpy or onnxruntime
             r = subprocess.run([sys.executable, "-c", _ENGINE_PROBE, str(Path(path).resolve()), str(feeds)], capture_output=True,
-                               text=True, timeout=timeout_s, cwd=d, stdin=subprocess.DEVNULL)  # fmt: skip
+                               text=True, timeout=timeout_s, cwd=d, stdin=subprocess.DEVNULL, check=False)  # fmt: skip
         except (OSError, subprocess.TimeoutExpired) as e:
             return PeakMemory(None, f"the memory probe process failed: {e}")
     lines = r.stdout.strip().splitlines()

@@ -273,7 +273,9 @@ def fp16_extra_bytes(layer, program) -> int:
     """Bytes an ``fp16`` layer adds to the all-INT8 engine, as ``store_fp16`` stores it: each
     weight and constant element 2 bytes instead of 1 (int8), each bias element 2 bytes instead
     of 4 (int32). Per-channel scales and the Cast nodes (tens of bytes) are left out."""
-    n = lambda name: int(program.initializers[name].numel()) if name in program.initializers else 0  # noqa: E731
+    def n(name: str) -> int:
+        return int(program.initializers[name].numel()) if name in program.initializers else 0
+
     wc = sum(n(w) for _, w in [*layer.weights, *layer.consts])
     b = n(layer.bias[1]) if layer.bias else 0
     return wc * (2 - 1) + b * (2 - 4)

@@ -490,8 +490,14 @@ def _store(dst: Path, wd: Path) -> None:
     """Write a cache entry atomically: files and then the manifest into a staging folder beside
     ``dst``, renamed into place. A damaged entry already there is replaced; a valid one that a
     concurrent run stored first is kept. The cache is an optimization: failures are ignored."""
+    import time
     import uuid
 
+    if dst.parent.is_dir():  # staging left by a killed run (an hour is far longer than any store)
+        for old in dst.parent.glob(f".{dst.name}.*-*"):
+            with contextlib.suppress(OSError):
+                if time.time() - old.stat().st_mtime > 3600:
+                    shutil.rmtree(old, ignore_errors=True)
     tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     try:
         tmp.mkdir(parents=True)
@@ -541,7 +547,7 @@ def _read(workload: Workload, wd: Path, owner: Workdir | None) -> QuantGraph:
         )
     scopes = json.loads((wd / "scopes.json").read_text())
     if not isinstance(scopes, dict):
-        raise ValueError("scopes.json is not an object")
+        raise TypeError("scopes.json is not an object")
     act_owner, weights, edges, output_quant, _ = read_plan(onnx.load(str(wd / "plan_qdq.onnx")), prog)
     layers, weight_axis = build_layers(prog, act_owner, weights, edges)
     if not layers:

@@ -202,7 +202,7 @@ def search(
     allow_int4: bool = False,
 ) -> SearchResult:
     """The search; its engines go to ``workdir``, or to a temporary folder removed afterwards."""
-    kw = dict(objective=objective, progress=progress, measure=measure, allow_int4=allow_int4)
+    kw = {"objective": objective, "progress": progress, "measure": measure, "allow_int4": allow_int4}
     if workdir is not None:
         return _search(a, max_drop, Path(workdir), **kw)
     with tempfile.TemporaryDirectory(prefix="qanalysis-search-") as d:

@@ -110,6 +110,11 @@ def test_store_is_atomic_and_keeps_a_valid_entry(cache):
     with tempfile.TemporaryDirectory() as d:
         assert graph._fetch(entry, Path(d)) == "hit"
     assert [p.name for p in cache.iterdir()] == [entry.name]  # no staging folder left beside it
+    stale = cache / f".{entry.name}.tmp-1-dead"  # what a run killed while storing leaves
+    stale.mkdir()
+    os.utime(stale, (1, 1))
+    graph._store(entry, qg.workdir)
+    assert [p.name for p in cache.iterdir()] == [entry.name]
 
 
 # --------------------------------------------------------------------------- temporary folders
@@ -191,7 +196,7 @@ def test_cli_process_leaves_no_temporary_folder(tmp_path):
     tmp.mkdir()
     env = {**os.environ, "TMPDIR": str(tmp), "PYTHONPATH": str(ROOT)}
     r = subprocess.run([sys.executable, "-m", "qanalysis", "export", SAMPLE, "--out", str(tmp_path / "o"), "--quiet"],
-                       capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)  # fmt: skip
+                       capture_output=True, text=True, env=env, cwd=ROOT, timeout=600, check=False)  # fmt: skip
     assert r.returncode == 0, r.stderr
     # (third-party caches such as torchinductor_<user> may stay: they are not ours)
     assert sorted(p.name for p in tmp.iterdir() if p.name.startswith("qanalysis")) == []
