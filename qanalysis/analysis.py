@@ -298,7 +298,7 @@ def analyze(
     timings: dict[str, float] = {}
     t = time.perf_counter()
     say("exporting to ONNX and reading ONNX Runtime's quantization plan")
-    qg = prepare(workload, config.scheme)
+    qg = prepare(workload, config.scheme, progress=say)
     check_config(config, qg)
     timings["export_and_plan"] = time.perf_counter() - t
     bl = None

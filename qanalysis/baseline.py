@@ -59,19 +59,106 @@ def _rss_kib(field: str) -> int | None:
     return None
 
 
-def peak_memory_bytes(fn: Callable[[], object]) -> int | None:
-    """Peak resident memory added by ``fn`` (Linux: resets VmHWM through /proc/self/clear_refs)."""
+@dataclass(frozen=True)
+class PeakMemory:
+    """Peak resident memory a run added, or ``None`` with the reason it could not be measured."""
+
+    bytes: int | None
+    note: str = ""
+
+
+def _release_free_memory() -> None:
+    """Give the allocator's free pages back to the OS, so the next run's allocations show in RSS."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def measure_peak_memory(fn: Callable[[], object]) -> PeakMemory:
+    """Peak RSS of this process during ``fn`` minus RSS before it (Linux: VmHWM reset through
+    /proc/self/clear_refs after returning free pages to the OS with malloc_trim; without that
+    a run reusing memory an earlier run freed shows a peak of 0)."""
+    _release_free_memory()
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
-    except OSError:
-        return None
+    except OSError as e:
+        return PeakMemory(None, f"peak memory needs Linux's /proc/self/clear_refs ({e.strerror or e})")
     before = _rss_kib("VmRSS:")
     fn()
     peak = _rss_kib("VmHWM:")
     if before is None or peak is None:
-        return None
-    return max(0, peak - before) * 1024
+        return PeakMemory(None, "peak memory needs Linux's /proc/self/status")
+    if peak <= before:
+        return PeakMemory(None, "the run reused memory already held by the process, so its peak could not be seen")
+    return PeakMemory((peak - before) * 1024)
+
+
+def peak_memory_bytes(fn: Callable[[], object]) -> int | None:
+    """Peak resident memory added by ``fn``; ``None`` (never 0) when it cannot be measured."""
+    return measure_peak_memory(fn).bytes
+
+
+_ENGINE_PROBE = r"""
+import sys
+import numpy as np
+import onnxruntime as ort
+
+def kib(field):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field):
+                return int(line.split()[1])
+
+arrays = np.load(sys.argv[2])
+feeds_in = [arrays[f"arr_{i}"] for i in range(len(arrays.files))]
+try:
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # forget the imports' peak
+except OSError:
+    pass
+before = kib("VmRSS:")
+so = ort.SessionOptions()
+so.log_severity_level = 3
+sess = ort.InferenceSession(sys.argv[1], sess_options=so, providers=["CPUExecutionProvider"])
+sess.run(None, {i.name: a for i, a in zip(sess.get_inputs(), feeds_in)})
+print(kib("VmHWM:") - before)
+"""
+
+
+def engine_peak_memory(path: str | Path, inputs: Inputs, *, timeout_s: float = 300.0) -> PeakMemory:
+    """Peak resident memory of loading the ONNX Runtime engine ``path`` and running it once on
+    ``inputs``, measured in a fresh process (weights, arena and activations; the Python, NumPy
+    and onnxruntime imports are subtracted). In-process, earlier runs' freed memory hides it."""
+    import subprocess
+    import sys
+    import tempfile
+
+    import numpy as np
+
+    if not Path("/proc/self/status").exists():
+        return PeakMemory(None, "peak memory needs Linux's /proc/self/status")
+    with tempfile.TemporaryDirectory(prefix="qanalysis-mem-") as d:
+        feeds = Path(d) / "inputs.npz"
+        np.savez(feeds, *[t.detach().cpu().numpy() for t in inputs])
+        try:  # cwd: the empty folder, so nothing there shadows numpy or onnxruntime
+            r = subprocess.run([sys.executable, "-c", _ENGINE_PROBE, str(Path(path).resolve()), str(feeds)], capture_output=True,
+                               text=True, timeout=timeout_s, cwd=d, stdin=subprocess.DEVNULL, check=False)  # fmt: skip
+        except (OSError, subprocess.TimeoutExpired) as e:
+            return PeakMemory(None, f"the memory probe process failed: {e}")
+    lines = r.stdout.strip().splitlines()
+    if r.returncode != 0 or not lines or not lines[-1].strip().lstrip("-").isdigit():
+        last = (r.stderr.strip().splitlines() or [f"exit {r.returncode}"])[-1][:200]
+        return PeakMemory(None, f"the memory probe process failed: {last}")
+    kib = int(lines[-1])
+    if kib <= 0:
+        return PeakMemory(None, "the engine's run did not raise the probe process' peak memory")
+    return PeakMemory(kib * 1024)
 
 
 @dataclass
@@ -87,6 +174,7 @@ class Baseline:
     ort_latency_batch: Latency
     torch_peak_memory_bytes: int | None
     ort_peak_memory_bytes: int | None
+    memory_note: str = ""  # why a peak memory is None
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -114,10 +202,10 @@ def measure_baseline(wl: Workload, onnx_path: Path, *, repeats: int = 20) -> Bas
     with torch.inference_mode():
         tb1 = time_calls(lambda: model(*x_1), 1, repeats=repeats)
         tbn = time_calls(lambda: model(*x_b), nb, repeats=max(5, repeats // 4))
-        tmem = peak_memory_bytes(lambda: model(*x_b))
+        tmem = measure_peak_memory(lambda: model(*x_b))
     ob1 = time_calls(lambda: run_session(sess, x_1), 1, repeats=repeats)
     obn = time_calls(lambda: run_session(sess, x_b), nb, repeats=max(5, repeats // 4))
-    omem = peak_memory_bytes(lambda: run_session(sess, x_b))
+    omem = engine_peak_memory(onnx_path, x_b)
     torch.set_num_threads(torch_threads)
     params = sum(p.numel() * p.element_size() for p in model.parameters()) + sum(
         b.numel() * b.element_size() for b in model.buffers()
@@ -132,8 +220,9 @@ def measure_baseline(wl: Workload, onnx_path: Path, *, repeats: int = 20) -> Bas
         torch_latency_batch=tbn,
         ort_latency_b1=ob1,
         ort_latency_batch=obn,
-        torch_peak_memory_bytes=tmem,
-        ort_peak_memory_bytes=omem,
+        torch_peak_memory_bytes=tmem.bytes,
+        ort_peak_memory_bytes=omem.bytes,
+        memory_note="; ".join(dict.fromkeys(f"{k}: {m.note}" for k, m in (("PyTorch", tmem), ("ONNX Runtime", omem)) if m.note)),
     )
 
 

@@ -8,6 +8,13 @@ ORT leaves the Q/DQ pair a quantized producer puts on its output even when the c
 excluded, so such edges are rewired to the float tensor (re-creating a ReLU that ORT had
 fused into the producer when needed). The result: a layer kept in float reads a float
 input and float weights, exactly as simulated.
+
+A layer kept in ``fp16`` is stored in half precision for real: its weights, constants and
+bias are FLOAT16 initializers, each read through a ``Cast`` to float, and its quantized-in-int8
+inputs are rounded to half (``Cast`` to FLOAT16 and back), because ONNX Runtime's CPU
+provider has no half-precision Conv/Gemm kernels on x86. That is the simulation's arithmetic
+exactly (``simulate.py``: inputs and weights rounded to half, the op in float):
+x̂ = float(half(x)), ŵ = float(half(w)).
 """
 
 from __future__ import annotations
@@ -128,6 +135,7 @@ def build_int8_engine(qg, sim, plan, out_path: Path, calib: Inputs) -> EngineBui
         tmp.unlink(missing_ok=True)
     rewired, missing = _align_with_plan(model, prog, qg, plan)
     _restore_float_weights(model, prog, qg, sim, plan)
+    store_fp16(model, fp16_layers(qg, sim, plan))
     _prune(model)
     quantized = sorted({n.input[0] for n in model.graph.node if n.op_type == "QuantizeLinear"})
     try:
@@ -193,7 +201,7 @@ def _align_with_plan(model: onnx.ModelProto, prog, qg, plan) -> tuple[list, list
             if name in dq_src:
                 seen_edges.add((fn.index, pos))
                 key = plan.edges.get((fn.index, pos))
-                if key is None or key[0] not in ("q", "dyn"):  # float (fp16 layers run fp32 on the CPU EP)
+                if key is None or key[0] not in ("q", "dyn"):  # float (fp16: rounded to half in store_fp16)
                     n.input[pos] = float_source(dq_src[name])
                     rewired.append((n.name, orig(dq_src[name])))
     for (i, pos), key in plan.edges.items():
@@ -238,6 +246,82 @@ def _restore_float_weights(model, prog, qg, sim, plan) -> None:
                 node.input[pos] = fname
 
 
+@dataclass(frozen=True)
+class Fp16Node:
+    """What an ``fp16`` layer's node stores in half: input positions rounded to half (the
+    activations), and input positions whose initializer is stored as FLOAT16."""
+
+    inputs: tuple[int, ...]
+    initializers: tuple[int, ...]
+
+
+def fp16_layers(qg, sim, plan) -> dict[str, Fp16Node]:
+    """ONNX node name → the half-precision tensors of the plan's ``fp16`` layers."""
+    out: dict[str, Fp16Node] = {}
+    for l in qg.layers:
+        if sim.weight_bits(plan.config, l) is not None:
+            continue
+        acts = tuple(sorted(p for (i, p), k in plan.edges.items() if i == l.node and k and k[0] == "fp16"))
+        consts = [*l.weights, *l.consts, *([l.bias] if l.bias else [])]
+        inits = tuple(sorted(p for p, name in consts if (plan.weights.get(name) or (None,))[0] == "fp16"))
+        if acts or inits:
+            out[l.node_name] = Fp16Node(acts, inits)
+    return out
+
+
+def fp16_extra_bytes(layer, program) -> int:
+    """Bytes an ``fp16`` layer adds to the all-INT8 engine, as ``store_fp16`` stores it: each
+    weight and constant element 2 bytes instead of 1 (int8), each bias element 2 bytes instead
+    of 4 (int32). Per-channel scales and the Cast nodes (tens of bytes) are left out."""
+    def n(name: str) -> int:
+        return int(program.initializers[name].numel()) if name in program.initializers else 0
+
+    wc = sum(n(w) for _, w in [*layer.weights, *layer.consts])
+    b = n(layer.bias[1]) if layer.bias else 0
+    return wc * (2 - 1) + b * (2 - 4)
+
+
+def store_fp16(model: onnx.ModelProto, nodes: Mapping[str, Fp16Node]) -> None:
+    """Store ``nodes``' initializers as FLOAT16 (read through ``Cast`` to float) and round their
+    inputs to half (``Cast`` to FLOAT16 and back): ŵ = float(half(w)), x̂ = float(half(x))."""
+    if not nodes:
+        return
+    g = model.graph
+    inits = {t.name: t for t in g.initializer}
+    made: dict[str, str] = {}
+    new_nodes: list[onnx.NodeProto] = []
+
+    def cast(src: str, dst: str, to: int) -> None:
+        new_nodes.append(helper.make_node("Cast", [src], [dst], name=f"{dst}_cast", to=to))
+
+    for n in g.node:
+        spec = nodes.get(n.name)
+        if spec is None:
+            continue
+        for pos in spec.initializers:
+            name = n.input[pos]
+            t = inits.get(name)
+            if t is None or t.data_type != onnx.TensorProto.FLOAT:
+                raise ExportError(f"cannot store {name!r} of node {n.name} in fp16: it is not a float initializer of the engine")
+            key = f"init:{name}"
+            if key not in made:
+                half = onnx.numpy_helper.to_array(t).astype(np.float16)
+                g.initializer.append(onnx.numpy_helper.from_array(half, f"{name}_fp16"))
+                cast(f"{name}_fp16", f"{name}_fp16_float", onnx.TensorProto.FLOAT)
+                made[key] = f"{name}_fp16_float"
+            n.input[pos] = made[key]
+        for pos in spec.inputs:
+            name = n.input[pos]
+            key = f"act:{name}"
+            if key not in made:
+                cast(name, f"{name}_to_fp16", onnx.TensorProto.FLOAT16)
+                cast(f"{name}_to_fp16", f"{name}_fp16_float", onnx.TensorProto.FLOAT)
+                made[key] = f"{name}_fp16_float"
+            n.input[pos] = made[key]
+    g.node.extend(new_nodes)
+    _toposort(g)
+
+
 def _prune(model: onnx.ModelProto) -> None:
     g = model.graph
     while True:
@@ -273,23 +357,42 @@ def _toposort(g: onnx.GraphProto) -> None:
     g.node.extend(order)
 
 
-def build_dynamic_engine(float_path: Path, out_path: Path, float_nodes: list[str] | None = None) -> Path:
+def build_dynamic_engine(float_path: Path, out_path: Path, float_nodes: list[str] | None = None,
+                         fp16: Mapping[str, Fp16Node] | None = None) -> Path:  # fmt: skip
     """Weights-only INT8 for MatMul/Gemm-heavy models (activations quantized at run time);
-    ``float_nodes`` (the config's float layers) are left in float."""
+    ``float_nodes`` (the config's float layers) are left in float, ``fp16`` ones stored in half."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     from .graph import quiet
 
+    # quantize_dynamic first rewrites every Gemm into ``<name>_MatMul`` + ``<name>_Add``
+    # (onnx_model.replace_gemm_with_matmul): exclude those names too, or a float Gemm is quantized
+    excluded = [f"{n}{suf}" for n in float_nodes or [] for suf in ("", "_MatMul", "_Add")]
     tmp = out_path.with_name(f".{out_path.name}.tmp-{os.getpid()}.onnx")
-    with quiet():
-        try:
-            quantize_dynamic(str(float_path), str(tmp), weight_type=QuantType.QInt8, per_channel=True,
-                             nodes_to_exclude=list(float_nodes or []))  # fmt: skip
-            os.replace(tmp, out_path)
-        except Exception as e:  # noqa: BLE001
-            raise ExportError(f"ONNX Runtime's quantize_dynamic failed: {str(e).splitlines()[0][:300]}") from None
-        finally:
-            tmp.unlink(missing_ok=True)
+    try:
+        with quiet():
+            try:
+                quantize_dynamic(str(float_path), str(tmp), weight_type=QuantType.QInt8, per_channel=True,
+                                 nodes_to_exclude=excluded)  # fmt: skip
+            except Exception as e:  # noqa: BLE001
+                raise ExportError(f"ONNX Runtime's quantize_dynamic failed: {str(e).splitlines()[0][:300]}") from None
+        m = onnx.load(str(tmp))
+    finally:
+        tmp.unlink(missing_ok=True)
+    if fp16:
+        names = {n.name for n in m.graph.node}
+        spec: dict[str, Fp16Node] = {}
+        for name, f in fp16.items():
+            if name in names or f"{name}_MatMul" not in names:
+                spec[name] = f
+                continue
+            # a Gemm rewritten as MatMul(A, Bᵀ) + Add(·, C): positions 0, 1 → MatMul; 2 → Add
+            spec[f"{name}_MatMul"] = Fp16Node(tuple(p for p in f.inputs if p == 0), tuple(p for p in f.initializers if p == 1))
+            if 2 in f.initializers and f"{name}_Add" in names:
+                spec[f"{name}_Add"] = Fp16Node((), (1,))
+        store_fp16(m, spec)
+        _prune(m)
+    _atomic_save(m, out_path)
     return out_path
 
 

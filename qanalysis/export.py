@@ -24,8 +24,9 @@ import torch
 from onnx import helper
 
 from . import metrics as M
-from .baseline import first_sample, peak_memory_bytes, time_calls
-from .engine import attribute_to_layers, build_dynamic_engine, build_fp16_engine, build_int8_engine, profile_nodes, run_session, session
+from .baseline import engine_peak_memory, first_sample, time_calls
+from .engine import (attribute_to_layers, build_dynamic_engine, build_fp16_engine, build_int8_engine, fp16_layers,
+                     profile_nodes, run_session, session)
 from .errors import ExportError
 from .graph import prepare
 from .scheme import ActivationSpec, Config, Scheme
@@ -63,7 +64,8 @@ class ExportReport:
     float_layers: list[str]
     float_tensors: list[str]
     latency: dict[str, Any] = field(default_factory=dict)
-    peak_memory_bytes: dict[str, int | None] = field(default_factory=dict)
+    peak_memory_bytes: dict[str, int | None] = field(default_factory=dict)  # a fresh process loading and running each engine once
+    peak_memory_note: str = ""  # why a peak memory is None
     layer_checks: list[dict[str, Any]] = field(default_factory=list)
     disagreements: list[str] = field(default_factory=list)
     rewired_edges: list[list[str]] = field(default_factory=list)
@@ -242,7 +244,7 @@ def export(
     timings: dict[str, float] = {}
     t = time.perf_counter()
     say("exporting to ONNX and reading ONNX Runtime's quantization plan")
-    qg = prepare(wl, config.scheme)
+    qg = prepare(wl, config.scheme, progress=say)
     check_config(config, qg)
     timings["export_and_plan"] = time.perf_counter() - t
     t = time.perf_counter()
@@ -271,7 +273,7 @@ def export(
         build = build_int8_engine(qg, sim, plan, eng_path, wl.calibration[0])
     elif mode == "dynamic":
         float_nodes = [l.node_name for l in qg.layers if sim.weight_bits(sim_config, l) is None]
-        eng_path = build_dynamic_engine(qg.float_path, out / "model_int8.onnx", float_nodes)
+        eng_path = build_dynamic_engine(qg.float_path, out / "model_int8.onnx", float_nodes, fp16_layers(qg, sim, plan))
     elif mode == "fp16":
         eng_path = build_fp16_engine(qg.float_path, out / "model_fp16.onnx")
     else:
@@ -303,10 +305,8 @@ def export(
         "fp32_batch": time_calls(lambda: run_session(fp32_sess, xb), nb, repeats=max(5, repeats // 3)),
         "engine_batch": time_calls(lambda: run_session(eng_sess, xb), nb, repeats=max(5, repeats // 3)),
     }
-    mem = {
-        "fp32": peak_memory_bytes(lambda: run_session(session(fp32_path), xb)),
-        "engine": peak_memory_bytes(lambda: run_session(session(eng_path), xb)),
-    }
+    peaks = {"fp32": engine_peak_memory(fp32_path, xb), "engine": engine_peak_memory(eng_path, xb)}
+    mem = {k: p.bytes for k, p in peaks.items()}
     speed = _speed_note(eng_path, x1, lat["fp32_b1"].mean_ms, lat["engine_b1"].mean_ms, qg)
     timings["timing"] = time.perf_counter() - t
     float_layers = [l.name for l in qg.layers if sim.weight_bits(sim_config, l) is None]
@@ -326,6 +326,7 @@ def export(
         float_tensors=plan.float_tensors(qg) if mode == "int8" else [],
         latency={k: v.to_dict() for k, v in lat.items()},
         peak_memory_bytes=mem,
+        peak_memory_note="; ".join(dict.fromkeys(f"{k}: {p.note}" for k, p in peaks.items() if p.note)),
         layer_checks=[asdict(c) for c in checks],
         disagreements=sorted({c.layer for c in checks if not c.agrees} | ({f"{n} ({t})" for n, t in build.missing_edges} if build else set())),
         rewired_edges=[list(e) for e in build.rewired_edges] if build else [],

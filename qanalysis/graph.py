@@ -25,9 +25,10 @@ import os
 import shutil
 import tempfile
 import warnings
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator, Literal
 
 import numpy as np
 import onnx
@@ -206,6 +207,8 @@ class QuantGraph:
     workdir: Path
     export_note: str = ""
     by_name: dict[str, Layer] = field(default_factory=dict)
+    # removes ``workdir`` once no QuantGraph (copies made by fixes included) holds it
+    owner: object = field(default=None, repr=False, compare=False)
     by_node: dict[int, Layer] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -410,7 +413,23 @@ def _ort_quant_ops() -> set[str]:
 
 
 _ORT_QUANT_OPS = _ort_quant_ops()
-_CACHE: dict[tuple, QuantGraph] = {}
+# QuantGraphs alive in this process, by workload and scheme: a graph (and its temporary folder)
+# lives as long as some analysis, export or caller holds it, not as long as the process.
+_CACHE: weakref.WeakValueDictionary[tuple, QuantGraph] = weakref.WeakValueDictionary()
+_ENTRY_FILES = ("scopes.json", "model_fp32.onnx", "plan_qdq.onnx")
+_MANIFEST = "manifest.json"
+
+
+class Workdir:
+    """A temporary folder removed when the last object holding this token is collected, at
+    interpreter exit (Ctrl-C included), or on ``cleanup()``."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._finalizer = weakref.finalize(self, shutil.rmtree, str(path), ignore_errors=True)
+
+    def cleanup(self) -> None:
+        self._finalizer()
 
 
 def _disk_cache(workload: Workload, scheme: Scheme) -> Path | None:
@@ -418,7 +437,6 @@ def _disk_cache(workload: Workload, scheme: Scheme) -> Path | None:
     pre-processing and plan of a model are reused across processes (the dashboard's first load).
     ``QANALYSIS_CACHE=0`` turns it off."""
     import hashlib
-    import os
 
     root = os.environ.get("QANALYSIS_CACHE", str(Path.home() / ".cache" / "qanalysis"))
     if root in ("0", "", "off"):
@@ -433,62 +451,110 @@ def _disk_cache(workload: Workload, scheme: Scheme) -> Path | None:
         h.update(v.detach().cpu().contiguous().numpy().tobytes())
     for t in workload.calibration[0]:
         h.update(str((tuple(t.shape[1:]), str(t.dtype))).encode())
+    # the trailing number is the entry format (4: with a manifest of checksums)
     h.update(repr((scheme.activations.symmetric, scheme.weights.symmetric, scheme.weights.granularity == "per_tensor",
-                   torch.__version__, onnx.__version__, onnxruntime.__version__, OPSET, 3)).encode())  # fmt: skip
+                   torch.__version__, onnx.__version__, onnxruntime.__version__, OPSET, 4)).encode())  # fmt: skip
     return Path(root) / h.hexdigest()[:24]
 
 
-def _store(dst: Path, files: list[Path]) -> None:
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _fetch(entry: Path, wd: Path) -> Literal["hit", "miss", "bad"]:
+    """Copy a cache entry's files into ``wd`` and check the copies against its manifest (written
+    last when the entry was stored, so an entry without a valid one is incomplete or damaged)."""
+    if not entry.exists():
+        return "miss"
     try:
-        tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
-        tmp.mkdir(parents=True, exist_ok=True)
-        for f in files:
-            shutil.copyfile(f, tmp / f.name)
-        os.replace(tmp, dst)
+        manifest = json.loads((entry / _MANIFEST).read_text())
+        sums = manifest["sha256"]
+        if not isinstance(sums, dict) or set(sums) != set(_ENTRY_FILES):
+            return "bad"
+        for n in _ENTRY_FILES:
+            shutil.copyfile(entry / n, wd / n)
+            if _sha256(wd / n) != sums[n]:
+                return "bad"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "bad"
+    return "hit"
+
+
+def _store(dst: Path, wd: Path) -> None:
+    """Write a cache entry atomically: files and then the manifest into a staging folder beside
+    ``dst``, renamed into place. A damaged entry already there is replaced; a valid one that a
+    concurrent run stored first is kept. The cache is an optimization: failures are ignored."""
+    import time
+    import uuid
+
+    if dst.parent.is_dir():  # staging left by a killed run (an hour is far longer than any store)
+        for old in dst.parent.glob(f".{dst.name}.*-*"):
+            with contextlib.suppress(OSError):
+                if time.time() - old.stat().st_mtime > 3600:
+                    shutil.rmtree(old, ignore_errors=True)
+    tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    try:
+        tmp.mkdir(parents=True)
+        for n in _ENTRY_FILES:
+            shutil.copyfile(wd / n, tmp / n)
+        (tmp / _MANIFEST).write_text(json.dumps({"sha256": {n: _sha256(tmp / n) for n in _ENTRY_FILES}}))
+        try:
+            os.replace(tmp, dst)
+        except OSError:  # dst exists: another run stored it, or it is the damaged entry we rebuilt
+            with tempfile.TemporaryDirectory(dir=dst.parent, prefix=f".{dst.name}.check-") as d:
+                if _fetch(dst, Path(d)) == "hit":
+                    return
+            bad = dst.with_name(f".{dst.name}.bad-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+            os.replace(dst, bad)
+            shutil.rmtree(bad, ignore_errors=True)
+            os.replace(tmp, dst)
     except OSError:
-        shutil.rmtree(dst.with_name(f".{dst.name}.tmp-{os.getpid()}"), ignore_errors=True)
+        pass
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
-def prepare(workload: Workload, scheme: Scheme | None = None, workdir: Path | None = None) -> QuantGraph:
-    """Export, pre-process and read ORT's QDQ plan for ``workload`` under ``scheme``."""
-    scheme = scheme or Scheme()
-    key = (id(workload), id(workload.model), scheme.activations.symmetric, scheme.weights.symmetric,
-           scheme.weights.granularity == "per_tensor")  # fmt: skip
-    if key in _CACHE:
-        return _CACHE[key]
-    wd = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="qanalysis-"))
-    wd.mkdir(parents=True, exist_ok=True)
-    cached = _disk_cache(workload, scheme)
-    names = ("scopes.json", "model_fp32.onnx", "plan_qdq.onnx")
-    if cached is not None and all((cached / n).is_file() for n in names):
-        for n in names:
-            shutil.copyfile(cached / n, wd / n)
-        pre = wd / "model_fp32.onnx"
-    else:
-        raw = export_onnx(workload.model, workload.calibration[0], wd / "exported.onnx")
-        # the exporter's module scopes per node (quant_pre_process may drop node metadata)
-        scopes = {n.name: p.value for n in onnx.load(str(raw), load_external_data=False).graph.node
-                  for p in n.metadata_props if p.key == "pkg.torch.onnx.name_scopes"}  # fmt: skip
-        (wd / "scopes.json").write_text(json.dumps(scopes))
-        pre = preprocess(raw, wd / "model_fp32.onnx")
-    model = onnx.load(str(pre))
-    prog = Program(model)
+def _build(workload: Workload, scheme: Scheme, wd: Path) -> None:
+    """Export, pre-process and plan into ``wd``: the cache entry's files."""
+    raw = export_onnx(workload.model, workload.calibration[0], wd / "exported.onnx")
+    # the exporter's module scopes per node (quant_pre_process may drop node metadata)
+    scopes = {n.name: p.value for n in onnx.load(str(raw), load_external_data=False).graph.node
+              for p in n.metadata_props if p.key == "pkg.torch.onnx.name_scopes"}  # fmt: skip
+    (wd / "scopes.json").write_text(json.dumps(scopes))
+    pre = preprocess(raw, wd / "model_fp32.onnx")
+    for f in wd.glob("exported.onnx*"):  # the raw export is not needed any more
+        f.unlink(missing_ok=True)
+    g = onnx.load(str(pre), load_external_data=False).graph
+    inits = {t.name for t in g.initializer}
+    inputs = [i.name for i in g.input if i.name not in inits]
+    if len(inputs) != len(workload.calibration[0]):
+        raise ExportError(f"the exported graph has {len(inputs)} inputs but the batches have {len(workload.calibration[0])} tensors")
+    ort_quantize(pre, wd / "plan_qdq.onnx", inputs, workload.calibration[:1], scheme)
+
+
+def _read(workload: Workload, wd: Path, owner: Workdir | None) -> QuantGraph:
+    pre = wd / "model_fp32.onnx"
+    prog = Program(onnx.load(str(pre)))
     if len(prog.inputs) != len(workload.calibration[0]):
         raise ExportError(
             f"the exported graph has {len(prog.inputs)} inputs but the batches have {len(workload.calibration[0])} tensors"
         )
-    workload.input_names = list(prog.inputs)
-    qdq_path = wd / "plan_qdq.onnx"
-    if not qdq_path.is_file():
-        ort_quantize(pre, qdq_path, prog.inputs, workload.calibration[:1], scheme)
-        if cached is not None:
-            _store(cached, [wd / n for n in names])
-    act_owner, weights, edges, output_quant, _ = read_plan(onnx.load(str(qdq_path)), prog)
+    scopes = json.loads((wd / "scopes.json").read_text())
+    if not isinstance(scopes, dict):
+        raise TypeError("scopes.json is not an object")
+    act_owner, weights, edges, output_quant, _ = read_plan(onnx.load(str(wd / "plan_qdq.onnx")), prog)
     layers, weight_axis = build_layers(prog, act_owner, weights, edges)
     if not layers:
         raise ExportError("ONNX Runtime found nothing to quantize in this model (no Conv, Gemm, MatMul, Add... ops)")
-    _name_layers(prog, layers, workload.model, json.loads((wd / "scopes.json").read_text()))
-    qg = QuantGraph(
+    _name_layers(prog, layers, workload.model, scopes)
+    workload.input_names = list(prog.inputs)
+    return QuantGraph(
         program=prog,
         float_path=pre,
         layers=layers,
@@ -498,6 +564,52 @@ def prepare(workload: Workload, scheme: Scheme | None = None, workdir: Path | No
         output_quant=output_quant,
         input_names=list(prog.inputs),
         workdir=wd,
+        owner=owner,
     )
+
+
+def prepare(workload: Workload, scheme: Scheme | None = None, workdir: Path | None = None, *,
+            progress: Callable[[str], None] | None = None) -> QuantGraph:  # fmt: skip
+    """Export, pre-process and read ORT's QDQ plan for ``workload`` under ``scheme``.
+
+    The files live in ``workdir``, or in a temporary folder removed with the last QuantGraph
+    that uses it (or at exit, Ctrl-C included). A damaged disk-cache entry is rebuilt and the
+    rebuild is said on ``progress`` (default: the ``qanalysis`` logger)."""
+    scheme = scheme or Scheme()
+    key = (id(workload), id(workload.model), scheme.activations.symmetric, scheme.weights.symmetric,
+           scheme.weights.granularity == "per_tensor")  # fmt: skip
+    hit = _CACHE.get(key)
+    if hit is not None:
+        return hit
+    say = progress or logging.getLogger("qanalysis").warning
+    owner = None
+    if workdir:
+        wd = Path(workdir)
+        wd.mkdir(parents=True, exist_ok=True)
+    else:
+        wd = Path(tempfile.mkdtemp(prefix="qanalysis-"))
+        owner = Workdir(wd)
+    try:
+        cached = _disk_cache(workload, scheme)
+        state = _fetch(cached, wd) if cached is not None else "off"
+        qg = None
+        if state == "hit":
+            try:
+                qg = _read(workload, wd, owner)
+            except ExportError:
+                raise  # the model's own problem, the same after a rebuild
+            except Exception:  # noqa: BLE001 - files that passed their checksums and still do not load
+                state = "bad"
+        if qg is None:
+            if state == "bad":
+                say(f"cache entry {cached} was corrupt; rebuilt")
+            _build(workload, scheme, wd)
+            qg = _read(workload, wd, owner)
+            if cached is not None:
+                _store(cached, wd)
+    except BaseException:
+        if owner is not None:
+            owner.cleanup()
+        raise
     _CACHE[key] = qg
     return qg

@@ -4,7 +4,8 @@
    layer's kernel time both ways (µs per batch-1 run, attributed to module names); moving a
    layer to float costs its (float − int8) time plus the Quantize/DequantizeLinear it adds at
    the new int8↔float boundaries (measured mean Q/DQ kernel time per boundary). Size costs
-   are the layer's parameters at 4 bytes instead of 1, on top of the real INT8 engine file.
+   are what the engine stores for a layer kept in FP16 (2-byte weights instead of 1-byte int8,
+   2-byte bias instead of int32: ``engine.fp16_extra_bytes``), on top of the real INT8 engine file.
 2. Greedy order: layers by metric recovered per unit of cost, the recovery being the
    analysis' "all but this layer" measurement (no new evaluation).
 3. The shortest prefix of that order meeting the budget is found by exponential + binary
@@ -28,7 +29,7 @@ import pandas as pd
 
 from .analysis import Analysis, simulate_config
 from .baseline import first_sample, time_calls
-from .engine import attribute_to_layers, build_int8_engine, profile_nodes, run_session, session
+from .engine import attribute_to_layers, build_int8_engine, fp16_extra_bytes, profile_nodes, run_session, session
 from .errors import ConfigError
 from .scheme import Config
 
@@ -44,6 +45,7 @@ class Costs:
     int8_total_us: float
     int8_engine_bytes: int
     params: dict[str, int]
+    fp16_bytes: dict[str, int]  # bytes a layer kept in fp16 adds to the INT8 engine
 
     def latency_ms(self, a: Analysis, float_layers: set[str]) -> float:
         us = self.int8_total_us
@@ -53,11 +55,11 @@ class Costs:
         return max(us, 0.0) / 1000.0
 
     def size_bytes(self, float_layers: set[str]) -> int:
-        return int(self.int8_engine_bytes + sum(3 * self.params.get(n, 0) for n in float_layers))
+        return int(self.int8_engine_bytes + sum(self.fp16_bytes.get(n, 0) for n in float_layers))
 
     def delta(self, name: str, objective: Objective) -> float:
         if objective == "size":
-            return 3.0 * self.params.get(name, 0)
+            return float(max(self.fp16_bytes.get(name, 0), 0))
         return max(self.float_us.get(name, 0.0) - self.int8_us.get(name, 0.0), 0.0) + 2 * self.qdq_us
 
 
@@ -95,6 +97,7 @@ def measure_costs(a: Analysis, workdir: Path, progress: Progress | None = None) 
         int8_total_us=wall_ms * 1000.0,
         int8_engine_bytes=os.path.getsize(int8_path),
         params={l.name: l.params for l in qg.layers},
+        fp16_bytes={l.name: fp16_extra_bytes(l, qg.program) for l in qg.layers},
     )
 
 
@@ -198,13 +201,22 @@ def search(
     workdir: Path | None = None,
     allow_int4: bool = False,
 ) -> SearchResult:
+    """The search; its engines go to ``workdir``, or to a temporary folder removed afterwards."""
+    kw = {"objective": objective, "progress": progress, "measure": measure, "allow_int4": allow_int4}
+    if workdir is not None:
+        return _search(a, max_drop, Path(workdir), **kw)
+    with tempfile.TemporaryDirectory(prefix="qanalysis-search-") as d:
+        return _search(a, max_drop, Path(d), **kw)
+
+
+def _search(a: Analysis, max_drop: float, wd: Path, *, objective: Objective, progress: Progress | None,
+            measure: bool, allow_int4: bool) -> SearchResult:  # fmt: skip
     if objective not in ("latency", "size"):
         raise ConfigError(f"objective must be 'latency' or 'size', got {objective!r}")
     if not max_drop >= 0:
         raise ConfigError(f"--max-drop must be a non-negative number of metric points, got {max_drop}")
     say = progress or (lambda m: None)
     t0 = time.perf_counter()
-    wd = Path(workdir or tempfile.mkdtemp(prefix="qanalysis-search-"))
     costs = measure_costs(a, wd, say)
     names = [l.name for l in a.qgraph.layers]
     base_layers = {k: v for k, v in a.config.layers.items()}

@@ -6,6 +6,7 @@ import onnx
 import pytest
 
 from conftest import SPECS, cached_workload
+from qanalysis.baseline import engine_peak_memory, measure_peak_memory
 from qanalysis.engine import attribute_to_layers, profile_nodes
 from qanalysis.errors import ExportError
 from qanalysis.export import export
@@ -60,6 +61,28 @@ def test_export_cli_writes_contract(run_cli, tmp_path):
     assert "INT8 engine" in out and "metric" in out
     cfg = json.loads((tmp_path / "e" / "config.json").read_text())
     assert Config.from_dict(cfg).scheme == Scheme()
+    assert all(v > 0 for v in d["peak_memory_bytes"].values()) and set(d["peak_memory_bytes"]) == {"fp32", "engine"}
+
+
+def test_peak_memory_is_positive_on_every_export(tmp_path):
+    """In-process RSS deltas gave 0 once an earlier run had grown the heap (3 exports of 5)."""
+    wl = cached_workload("sample:digits_cnn")
+    for i in range(3):
+        rep = export(wl, Config(), tmp_path / str(i), repeats=3) if (tmp_path / str(i)).mkdir() is None else None
+        assert all(v is not None and v > 0 for v in rep.peak_memory_bytes.values()), (i, rep.peak_memory_bytes, rep.peak_memory_note)
+    # the engine's memory scales with the weights it holds: a bigger engine needs more
+    vit = cached_workload("sample:digits_vit")
+    qg = prepare(vit)  # held: its folder lives as long as the graph
+    big = engine_peak_memory(qg.float_path, vit.evaluation[0][0])
+    small = engine_peak_memory(tmp_path / "0" / "model_fp32.onnx", wl.evaluation[0][0])
+    assert big.bytes and small.bytes and big.bytes > small.bytes
+
+
+def test_peak_memory_is_never_zero():
+    m = measure_peak_memory(lambda: None)  # nothing allocated: unmeasurable, not "0 B"
+    assert m.bytes is None and m.note
+    m = measure_peak_memory(lambda: bytearray(64 << 20))
+    assert m.bytes is not None and m.bytes >= 60 << 20
 
 
 @pytest.mark.parametrize("mode,file", [("dynamic", "model_int8.onnx"), ("fp16", "model_fp16.onnx")])
