@@ -76,7 +76,110 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--force", action="store_true", help="replace the results of a previous qanalysis run in --out")
     c.add_argument("--data", type=Path, help="image folder (one sub-folder per class) for torchvision models")
     c.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    v = sub.add_parser("validate", help="score any ONNX engine on your data: metric, per class, predictions, latency, size")
+    v.add_argument("engines", nargs="+", type=Path, metavar="ENGINE.onnx")
+    _data_args(v)
+    v.add_argument("--out", required=True, help="output folder (new or empty; see --force)")
+    v.add_argument("--force", action="store_true", help="replace the results of a previous qanalysis run in --out")
+    v.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    d = sub.add_parser("diff", help="compare two results files (or engines) with a paired bootstrap interval and McNemar's test")
+    d.add_argument("a", type=Path, metavar="A", help="reference: a .results.json from validate, or an engine .onnx (with --data)")
+    d.add_argument("b", type=Path, metavar="B", help="candidate: likewise")
+    _data_args(d)
+    d.add_argument("--out", help="also write diff.json and diff_per_class.csv here")
+    d.add_argument("--force", action="store_true", help="replace the results of a previous qanalysis run in --out")
+    d.add_argument("--quiet", action="store_true", help="no progress on stderr")
     return p
+
+
+def _data_args(c: argparse.ArgumentParser) -> None:
+    c.add_argument("--data", type=Path, help="image folder, one sub-folder per class")
+    c.add_argument("--spec", type=Path, help="spec file supplying evaluation_batches() and evaluate() instead of --data")
+    c.add_argument("--size", type=int, default=224, help="center-crop size (default 224)")
+    c.add_argument("--resize", type=int, default=256, help="short side before the crop (0: none; default 256)")
+    c.add_argument("--mean", type=float, nargs=3, default=(0.485, 0.456, 0.406), metavar=("R", "G", "B"))
+    c.add_argument("--std", type=float, nargs=3, default=(0.229, 0.224, 0.225), metavar=("R", "G", "B"))
+    c.add_argument("--layout", choices=["NCHW", "NHWC"], default="NCHW")
+    c.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: ORT's)")
+
+
+def _eval_data(args: argparse.Namespace):
+    from .validate import image_folder_data, spec_data
+
+    if (args.data is None) == (args.spec is None):
+        raise QAnalysisError("give the evaluation data as exactly one of --data DIR or --spec SPEC.py")
+    if args.spec is not None:
+        return spec_data(args.spec)
+    return image_folder_data(args.data, size=args.size, resize=args.resize or None, mean=tuple(args.mean),
+                             std=tuple(args.std), layout=args.layout)  # fmt: skip
+
+
+def _stems(paths: Sequence[Path]) -> list[str]:
+    """A results-file name per engine: its stem, with its folder where two stems collide."""
+    stems = [p.stem for p in paths]
+    return [f"{p.parent.name}_{p.stem}" if stems.count(p.stem) > 1 else p.stem for p in paths]
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from .validate import validate_engine
+
+    say = _progress(args.quiet)
+    if (args.data is None) == (args.spec is None):
+        raise QAnalysisError("give the evaluation data as exactly one of --data DIR or --spec SPEC.py")
+    for path in args.engines:
+        if not path.is_file():
+            raise QAnalysisError(f"engine not found: {path}")
+    with _output(args) as st:
+        data = _eval_data(args)
+        rows = []
+        for path, stem in zip(args.engines, _stems(args.engines)):
+            say(f"validating {path} on {data.name} ({sum(len(t) for _, t in data.batches)} samples)")
+            r = validate_engine(path, data, threads=args.threads)
+            r.save(st.path, stem)
+            rows.append(r)
+    for r in rows:
+        extra = f", top-5 {r.top5:.2f}" if r.top5 is not None else ""
+        flag = " (unstable timing)" if r.latency.get("unstable") else ""
+        print(f"{r.engine}: {r.metric_name} {r.metric:.2f}{extra} on {r.n} samples; "
+              f"{r.latency['median_ms']:.3f} ms median at batch 1{flag}; {r.size_bytes / 1e6:.2f} MB")  # fmt: skip
+    print(_wrote(st))
+    return 0
+
+
+def _results(path: Path, args: argparse.Namespace, data_cache: dict):
+    from .validate import Results, validate_engine
+
+    if path.suffix == ".onnx":
+        if "data" not in data_cache:
+            data_cache["data"] = _eval_data(args)
+        _progress(args.quiet)(f"validating {path}")
+        return validate_engine(path, data_cache["data"], threads=args.threads)
+    if not path.is_file():
+        raise QAnalysisError(f"results file not found: {path}")
+    return Results.load(path)
+
+
+def _diff(args: argparse.Namespace) -> int:
+    from .report import write_csv, write_json
+    from .validate import diff, spec_data
+
+    cache: dict = {}
+    a, b = _results(args.a, args, cache), _results(args.b, args, cache)
+    evaluate = None
+    if args.spec is not None:
+        evaluate = cache["data"].evaluate if "data" in cache else spec_data(args.spec).evaluate
+    d = diff(a, b, evaluate=evaluate)
+    if args.out:
+        import pandas as pd
+
+        with _output(args) as st:
+            write_json(d.to_dict(), st.path / "diff.json")
+            if d.per_class:
+                write_csv(pd.DataFrame(d.per_class), st.path / "diff_per_class.csv")
+    print(d.table())
+    if args.out:
+        print(_wrote(st))
+    return 0
 
 
 def _output(args: argparse.Namespace):
@@ -237,6 +340,10 @@ def _main(argv: Sequence[str] | None) -> int:
             return _search(args)
         if args.cmd == "compare":
             return _compare(args)
+        if args.cmd == "validate":
+            return _validate(args)
+        if args.cmd == "diff":
+            return _diff(args)
         raise QAnalysisError(f"unknown command {args.cmd}")  # pragma: no cover
     except QAnalysisError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -72,6 +72,7 @@ def paired_bootstrap(
     n = int(targets.shape[0])
     if per_sample is not None:
         a, b = (np.asarray(v, dtype=np.float64) for v in per_sample)
+        n = len(a)
         delta = float(a.mean() - b.mean())
         idx = _resample_indices(n, n_boot, seed)
         d = a[idx].mean(axis=1) - b[idx].mean(axis=1)

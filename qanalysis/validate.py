@@ -210,6 +210,14 @@ def _engine_bytes(path: Path) -> int:
     return total
 
 
+def _class_shaped(outputs: torch.Tensor, targets: torch.Tensor) -> bool:
+    """[N, C] scores and [N] integer class ids in range."""
+    t = targets.reshape(-1)
+    if outputs.dim() != 2 or t.numel() != outputs.shape[0] or t.is_floating_point() and not torch.equal(t, t.round()):
+        return False
+    return bool(t.numel() and t.min() >= 0 and t.max() < outputs.shape[1])
+
+
 def _top5(outputs: torch.Tensor, targets: torch.Tensor) -> float | None:
     if outputs.dim() != 2 or outputs.shape[1] < 5:
         return None
@@ -240,15 +248,16 @@ def validate_engine(path: str | Path, data: EvalData, *, threads: int | None = N
         raise WorkloadError(f"{path.name} produced NaN or infinite outputs on {data.name}")
     top1 = top5 = None
     per_class: list[dict] = []
-    if data.evaluate is None:
-        metric = top1_accuracy(outputs, targets)
-        top1, top5 = metric, _top5(outputs, targets)
+    if _class_shaped(outputs, targets):  # top-1 / top-5 and per class, whatever the headline metric
+        top1, top5 = top1_accuracy(outputs, targets), _top5(outputs, targets)
         correct = correct_vector(outputs, targets)
-        names = data.class_names or [str(i) for i in range(int(targets.max()) + 1)]
+        names = data.class_names or [str(i) for i in range(outputs.shape[1])]
         for ci, name in enumerate(names):
             m = targets.reshape(-1).long() == ci
             if m.any():
-                per_class.append({"class": name, "n": int(m.sum()), "accuracy": float(correct[m.numpy()].mean())})
+                per_class.append({"class": name, "index": ci, "n": int(m.sum()), "accuracy": float(correct[m.numpy()].mean())})
+    if data.evaluate is None:
+        metric = top1_accuracy(outputs, targets)
     else:
         try:
             metric = float(data.evaluate(outputs, targets))
@@ -314,26 +323,25 @@ def diff(a: Results, b: Results, *, evaluate: Callable | None = None, n_boot: in
         raise WorkloadError(f"{a.engine} and {b.engine} were not validated on the same samples ({a.n} vs {b.n}); "
                             "run validate on the same data for both")  # fmt: skip
     targets = a.targets
-    classification = evaluate is None and a.outputs.dim() == 2 and a.top1 is not None
-    if classification:
+    mc, per_class = None, []
+    if a.top1 is not None and b.top1 is not None:  # class-shaped: McNemar and per-class intervals
         ca, cb = correct_vector(a.outputs, targets), correct_vector(b.outputs, targets)
-        iv = paired_bootstrap(top1_accuracy, a.outputs, b.outputs, targets, n_boot=n_boot, seed=seed, per_sample=(ca, cb))
         mc = mcnemar(ca, cb)
-        per_class = []
         t = targets.reshape(-1).long().numpy()
-        names = {i: r["class"] for i, r in enumerate(a.per_class)} if a.per_class else {}
+        names = {r.get("index", i): r["class"] for i, r in enumerate(a.per_class)}
         for ci in sorted(set(t.tolist())):
             m = t == ci
             civ = paired_bootstrap(top1_accuracy, a.outputs, b.outputs, targets, n_boot=n_boot, seed=seed + 1 + ci,
                                    per_sample=(ca[m], cb[m]))  # fmt: skip
             per_class.append({"class": names.get(ci, str(ci)), "n": int(m.sum()), "a": float(ca[m].mean()),
                               "b": float(cb[m].mean()), "drop": civ.delta, "low": civ.low, "high": civ.high})  # fmt: skip
+    if evaluate is not None:
+        iv = paired_bootstrap(lambda o, y: float(evaluate(o, y)), a.outputs, b.outputs, targets, n_boot=n_boot, seed=seed)
+    elif a.metric_name.startswith("top-1") and mc is not None:
+        iv = paired_bootstrap(top1_accuracy, a.outputs, b.outputs, targets, n_boot=n_boot, seed=seed, per_sample=(ca, cb))
     else:
-        metric = evaluate
-        if metric is None:
-            raise WorkloadError("these results are not top-1 classification; pass --spec SPEC.py so diff can re-score them")
-        iv = paired_bootstrap(lambda o, y: float(metric(o, y)), a.outputs, b.outputs, targets, n_boot=n_boot, seed=seed)
-        mc, per_class = None, []
+        raise WorkloadError(f"the metric '{a.metric_name}' comes from a spec's evaluate(); pass --spec SPEC.py so diff can "
+                            "re-score the resampled outputs")  # fmt: skip
     v = verdict_with_interval(iv)
     size_ratio = b.size_bytes / a.size_bytes if a.size_bytes else None
     la, lb = a.latency.get("median_ms"), b.latency.get("median_ms")

@@ -13,6 +13,10 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 import tempfile as _tempfile
 
 os.environ["QANALYSIS_CACHE"] = _tempfile.mkdtemp(prefix="qanalysis-test-cache-")
+import atexit as _atexit
+import shutil as _shutil
+
+_atexit.register(_shutil.rmtree, os.environ["QANALYSIS_CACHE"], True)
 ROOT = Path(__file__).resolve().parent.parent
 SPECS = Path(__file__).resolve().parent / "specs"
 
