@@ -467,7 +467,7 @@ def warnings_banner(warnings: list[str]) -> None:
 
 def verdict_banner(verdict: str, drop: float, *, prefix: str = "Verdict") -> None:
     text = f"**{prefix}: {verdict}** — drop {drop:.2f} points; {VERDICT_HELP.get(verdict, '')}"
-    color = VERDICT_COLOR.get(verdict)
+    color = VERDICT_COLOR.get(verdict) or ("orange" if verdict.startswith("uncertain") else None)
     if color == "green":
         st.success(text, icon=":material/check_circle:")
     elif color == "orange":

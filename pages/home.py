@@ -75,12 +75,15 @@ c[1].metric(
     border=True,
     delta=None if round(a.drop, 2) == 0 else f"{-a.drop:+.2f} points",
 )
+iv = a.drop_interval
 c[2].metric(
     "Drop (points)",
     f"{a.drop:.2f}",
     border=True,
     help="FP32 metric minus the fully quantized metric",
 )
+if iv.n_boot:
+    c[2].caption(f"95% CI {iv.low:.2f} to {iv.high:.2f}" + (f" · one sample = {100 / wl.n_eval:.2f}" if wl.task == "classification" else ""))
 flipped = None if f["flips"] is None else len(f["flips"])
 c[3].metric(
     "Flipped predictions",

@@ -8,6 +8,7 @@ files is ``report.write_analysis``.
 
 from __future__ import annotations
 
+import functools
 import platform
 import time
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from .outliers import OutlierRow, TensorSummary, find_outliers, outliers_frame, 
 from .scheme import Config
 from .sensitivity import SensitivityResult, analyze_layers
 from .simulate import Simulator
+from .stats import Interval, Verdict, drop_interval, one_sample_worth, verdict_with_interval
 from .workload import Workload, run_model
 
 Progress = Callable[[str], None]
@@ -203,9 +205,22 @@ class Analysis:
     def drop(self) -> float:
         return self.sens.drop
 
+    @functools.cached_property
+    def drop_interval(self) -> Interval:
+        """The drop with its 95 % paired-bootstrap interval over the evaluation samples."""
+        wl = self.workload
+        return drop_interval(wl.evaluate, self.sens.fp32_outputs, self.sens.int8_outputs, wl.targets())
+
+    @property
+    def verdict_detail(self) -> Verdict:
+        return verdict_with_interval(self.drop_interval)
+
     @property
     def verdict(self) -> str:
-        return UNRELIABLE if self.export_mismatch else verdict(self.drop)
+        """"ship INT8" etc.; "uncertain: A or B (...)" when the interval straddles a threshold."""
+        if self.export_mismatch:
+            return UNRELIABLE
+        return self.verdict_detail.text
 
     def layers_frame(self) -> pd.DataFrame:
         return self.sens.to_frame()[LAYER_COLUMNS]
@@ -230,7 +245,10 @@ class Analysis:
             "fp32_metric": self.fp32_metric,
             "int8_metric": self.int8_metric,
             "drop": self.drop,
+            "drop_ci95": [self.drop_interval.low, self.drop_interval.high],
+            "one_sample_worth": one_sample_worth(wl.n_eval) if wl.task == "classification" else None,
             "verdict": self.verdict,
+            "verdict_detail": self.verdict_detail.to_dict(),
             "warnings": self.warnings,
             "export_mismatch": self.export_mismatch,
             "export_check": self.export_check.to_dict() if self.export_check else None,

@@ -198,10 +198,16 @@ def _wrote(st: Staging) -> str:
     return f"wrote {', '.join(shown)} to {st.out}"
 
 
+def _ci(lo_hi) -> str:
+    lo, hi = lo_hi if lo_hi else (None, None)
+    return f" (95% CI {lo:.2f} to {hi:.2f})" if lo is not None and hi is not None else ""
+
+
 def _summary_line(s: dict) -> str:
+    worth = f"; one sample = {s['one_sample_worth']:.2f} points" if s.get("one_sample_worth") else ""
     return (
         f"{s['model']}: FP32 {s['fp32_metric']:.2f} → INT8 {s['int8_metric']:.2f} "
-        f"({s['metric_name']}), drop {s['drop']:.2f} points → {s['verdict']}"
+        f"({s['metric_name']}), drop {s['drop']:.2f} points{_ci(s.get('drop_ci95'))}{worth} → {s['verdict']}"
     )
 
 

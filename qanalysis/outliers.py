@@ -186,9 +186,22 @@ def _points(gain: float) -> str:
     return f"{v:+.2f}" if v else "0.00"
 
 
-def _helps(gain: float) -> bool:
-    """A remedy helps when its measured gain is positive at the precision printed (≥ 0.01 point)."""
-    return round(gain, 2) > 0
+# McNemar's exact test cannot reach p < 0.05 with fewer than 6 discordant samples (2·½⁶ = 0.031),
+# so a classification gain of fewer than 6 net samples is never beyond the noise of the data.
+MIN_SIGNIFICANT_FLIPS = 6
+
+
+def noise_floor(wl: Workload) -> float:
+    """The smallest gain (metric points) a recommendation may claim as measured."""
+    if wl.task == "classification" and wl.n_eval:
+        return (MIN_SIGNIFICANT_FLIPS - 0.5) * 100.0 / wl.n_eval
+    return 0.005
+
+
+def _helps(gain: float, floor: float = 0.005) -> bool:
+    """A remedy helps when its measured gain is beyond the noise floor and positive at the
+    precision printed (≥ 0.01 point)."""
+    return round(gain, 2) > 0 and gain > floor
 
 
 def recommend(
@@ -213,6 +226,7 @@ def recommend(
     ranked = sorted(sens.rows, key=lambda r: -max(r.metric_drop, r.metric_drop_all_but))
     previewed = {r.layer for r in ranked[:max_previews] if max(r.metric_drop, r.metric_drop_all_but) > fine}
     fix_metric: dict[str, float | None] = {}
+    floor = noise_floor(wl)
     for r in sens.rows:
         layer = sim.qg.by_name[r.layer]
         act = by_layer.get((r.layer, "activation"))
@@ -253,16 +267,20 @@ def recommend(
         if layer.act_inputs and not sim.scheme.activations.dynamic:
             gains["percentile clipping of its input"] = preview(wl, sim, config, layer, "percentile", stats) - r.metric_only
         best = max(gains, key=lambda k: gains[k])
-        if _helps(gains[best]):
+        if _helps(gains[best], floor):
             r.recommendation_gain = gains[best]
             text = f"{best} (+{gains[best]:.2f} points measured)"
         else:
+            r.recommendation_gain = float("nan")
             others = [g for k, g in gains.items() if k != "keep in FP16"]
             text = f"no measured fix helps (FP16 {_points(gains['keep in FP16'])} points"
             if others:
                 text += f", other measured fixes at most {_points(max(others))}"
+            if _helps(gains[best]) and wl.task == "classification":  # a gain, but within the noise
+                text += (f"; gains under {MIN_SIGNIFICANT_FLIPS} samples ({floor:.2f} points at {wl.n_eval} samples, "
+                         f"one sample = {100.0 / wl.n_eval:.2f}) are noise")  # fmt: skip
             text += ")"
-        texts = [obs if key in gains and not _helps(gains[key]) else f"{obs}: {remedy}" for obs, remedy, key in notes]
+        texts = [obs if key in gains and not _helps(gains[key], floor) else f"{obs}: {remedy}" for obs, remedy, key in notes]
         if texts:
             text += "; " + "; ".join(texts)
         r.recommendation = text

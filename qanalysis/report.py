@@ -82,7 +82,8 @@ def analysis_cards(summary: dict) -> dict[str, str]:
     c = {
         "FP32 metric": f"{summary['fp32_metric']:.2f}",
         "INT8 metric (simulated)": f"{summary['int8_metric']:.2f}",
-        "drop (points)": f"{summary['drop']:.2f}",
+        "drop (points)": f"{summary['drop']:.2f}" + (f" [{summary['drop_ci95'][0]:.2f}, {summary['drop_ci95'][1]:.2f}]"
+                                                     if summary.get("drop_ci95") and None not in summary["drop_ci95"] else ""),
         "verdict": summary["verdict"],
         "scheme": summary["scheme_label"],
     }

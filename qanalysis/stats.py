@@ -148,3 +148,18 @@ def verdict_with_interval(iv: Interval) -> Verdict:
 def one_sample_worth(n: int) -> float:
     """Points of a % metric that one flipped sample is worth."""
     return 100.0 / n if n else math.nan
+
+
+def drop_interval(evaluate: Metric, ref: torch.Tensor, cand: torch.Tensor, targets: torch.Tensor, *,
+                  seed: int = 0, max_seconds: float = 20.0) -> Interval:  # fmt: skip
+    """metric(ref) − metric(cand) with its interval; the default top-1 metric goes the fast way."""
+    from .workload import top1_accuracy
+
+    if evaluate is top1_accuracy and ref.dim() == 2:
+        return paired_bootstrap(evaluate, ref, cand, targets, seed=seed,
+                                per_sample=(correct_vector(ref, targets), correct_vector(cand, targets)))  # fmt: skip
+    try:
+        return paired_bootstrap(evaluate, ref, cand, targets, seed=seed, max_seconds=max_seconds)
+    except Exception:  # noqa: BLE001 - a user metric that cannot score a resample (e.g. needs unique ids)
+        delta = float(evaluate(ref, targets) - evaluate(cand, targets))
+        return Interval(delta=delta, low=math.nan, high=math.nan, n=int(targets.shape[0]), n_boot=0)

@@ -180,7 +180,12 @@ def test_no_fp16_recommendation_when_fp16_measured_worse(monkeypatch):
     assert "keep in FP16" not in row.recommendation and "+-" not in row.recommendation
     assert math.isnan(row.recommendation_gain)
     # and when a measured remedy does help, it is the one named, with its gain
-    monkeypatch.setattr(outliers, "preview", lambda wl, sim, config, layer, fix, stats: row.metric_only + 0.75)
+    monkeypatch.setattr(outliers, "preview", lambda wl, sim, config, layer, fix, stats: row.metric_only + 1.5)
     outliers.recommend(a.workload, a.sim, a.config, sens, a.tensor_summaries, a.stats, max_previews=6)
-    assert row.recommendation.startswith("percentile clipping of its input (+0.75 points measured)")
-    assert row.recommendation_gain == pytest.approx(0.75)
+    assert row.recommendation.startswith("percentile clipping of its input (+1.50 points measured)")
+    assert row.recommendation_gain == pytest.approx(1.5)
+    # a gain of 2 samples out of 540 (+0.37 points) is noise, not a recommendation (issue 14)
+    monkeypatch.setattr(outliers, "preview", lambda wl, sim, config, layer, fix, stats: row.metric_only + 0.37)
+    outliers.recommend(a.workload, a.sim, a.config, sens, a.tensor_summaries, a.stats, max_previews=6)
+    assert row.recommendation.startswith("no measured fix helps") and "are noise" in row.recommendation
+    assert math.isnan(row.recommendation_gain)

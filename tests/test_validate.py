@@ -143,3 +143,14 @@ def test_bad_input_is_one_line(run_cli, tmp_path, args, needle):
     code, _, err = run_cli(*argv)
     assert code == 2 and err.count("\n") == 1 and needle in err, err
     assert not (tmp_path / "o").exists()
+
+
+def test_analyze_reports_the_drop_with_its_interval(run_cli, tmp_path):
+    code, out, err = run_cli("analyze", "sample:digits_resnet", "--out", tmp_path / "o", "--quiet")
+    assert code == 0, err
+    s = json.loads((tmp_path / "o" / "summary.json").read_text())
+    lo, hi = s["drop_ci95"]
+    assert lo <= s["drop"] <= hi and hi > lo  # one flipped sample of 540: a real interval
+    assert s["one_sample_worth"] == pytest.approx(100 / 540)
+    assert s["verdict_detail"]["certain"] is True and s["verdict"] == "ship INT8"
+    assert f"(95% CI {lo:.2f} to {hi:.2f})" in out.splitlines()[0]
