@@ -373,9 +373,10 @@ class ConfigResult:
     float_layers: list[str]
     float_tensors: list[str]
     weight_bytes: int  # int8/int4 weights packed, float layers at 2 or 4 bytes per parameter
+    drop_ci95: tuple[float, float] = (float("nan"), float("nan"))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"metric": self.metric, "drop": self.drop, "float_layers": self.float_layers,
+        return {"metric": self.metric, "drop": self.drop, "drop_ci95": list(self.drop_ci95), "float_layers": self.float_layers,
                 "float_tensors": self.float_tensors, "weight_bytes": self.weight_bytes,
                 "config": self.config.to_dict()}  # fmt: skip
 
@@ -387,7 +388,9 @@ def simulate_config(a: Analysis, config: Config) -> ConfigResult:
         raise ConfigError("simulate_config needs the analysis' scheme; run analyze() again for another scheme")
     sim = a.sim
     plan = sim.plan(config)
-    metric = a.workload.score(sim.outputs(a.workload.evaluation, plan))
+    q = sim.outputs(a.workload.evaluation, plan)
+    metric = a.workload.score(q)
+    iv = drop_interval(a.workload.evaluate, a.sens.fp32_outputs, q, a.workload.targets(), max_seconds=5.0)
     nbytes = 0
     for l in a.qgraph.layers:
         bits = sim.weight_bits(config, l)
@@ -401,4 +404,5 @@ def simulate_config(a: Analysis, config: Config) -> ConfigResult:
         float_layers=[l.name for l in a.qgraph.layers if sim.weight_bits(config, l) is None],
         float_tensors=plan.float_tensors(a.qgraph),
         weight_bytes=nbytes,
+        drop_ci95=(iv.low, iv.high),
     )

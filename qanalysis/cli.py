@@ -199,8 +199,13 @@ def _wrote(st: Staging) -> str:
 
 
 def _ci(lo_hi) -> str:
+    """" (95% CI a to b)", or nothing when the interval is unknown."""
+    import math
+
     lo, hi = lo_hi if lo_hi else (None, None)
-    return f" (95% CI {lo:.2f} to {hi:.2f})" if lo is not None and hi is not None else ""
+    if lo is None or hi is None or not (math.isfinite(lo) and math.isfinite(hi)):
+        return ""
+    return f" (95% CI {lo:.2f} to {hi:.2f})"
 
 
 def _summary_line(s: dict) -> str:
@@ -260,7 +265,8 @@ def _search(args: argparse.Namespace) -> int:
         write_json(res.chosen.to_dict(), out / "config.json")
     s = res.summary()
     chosen = res.evaluated[res.chosen_id]
-    print(f"{wl.name}: FP32 {a.fp32_metric:.2f}, all-INT8 drop {a.drop:.2f} → chosen config drop {chosen.drop:.2f} "
+    print(f"{wl.name}: FP32 {a.fp32_metric:.2f}, all-INT8 drop {a.drop:.2f}{_ci((a.drop_interval.low, a.drop_interval.high))}"
+          f" → chosen config drop {chosen.drop:.2f}{_ci(chosen.drop_ci95)} "
           f"(budget {args.max_drop}) with {len(s['float_layers'])} float layer(s): {', '.join(s['float_layers']) or 'none'}")  # fmt: skip
     if s["measured_latency_ms"] is not None:
         print(f"latency: predicted {s['predicted_latency_ms']:.3f} ms, measured {s['measured_latency_ms']:.3f} ms "

@@ -28,7 +28,7 @@ from .workload import Workload
 Progress = Callable[[str], None]
 FP32_LABEL = "FP32"
 COLUMNS = [
-    "config", "fixes", "scheme", "simulated_metric", "drop", "worst_class", "worst_class_delta",
+    "config", "fixes", "scheme", "simulated_metric", "drop", "drop_ci_low", "drop_ci_high", "worst_class", "worst_class_delta",
     "engine_metric", "sim_engine_gap", "engine_size_bytes", "latency_ms", "latency_std_ms", "note",
 ]  # fmt: skip
 
@@ -47,6 +47,8 @@ class CompareRow:
     latency_ms: float = math.nan
     latency_std_ms: float = math.nan
     note: str = ""
+    drop_ci_low: float = math.nan
+    drop_ci_high: float = math.nan
 
     @property
     def sim_engine_gap(self) -> float:
@@ -77,13 +79,14 @@ class Comparison:
         def f(x: float | None, nd: int = 2) -> str:
             return "" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{x:.{nd}f}"
 
-        head = ("config", f"simulated {self.metric_name}", "drop", "worst class Δ", "engine", "size (KB)", "latency (ms)")
+        head = ("config", f"simulated {self.metric_name}", "drop [95% CI]", "worst class Δ", "engine", "size (KB)", "latency (ms)")
         rows = [head]
         for r in self.rows:
             worst = f"{f(r.worst_class_delta)} ({r.worst_class})" if r.worst_class is not None else ""
             size = f"{r.engine_size_bytes / 1e3:.1f}" if r.engine_size_bytes else ""
             lat = f"{r.latency_ms:.3f} ± {r.latency_std_ms:.3f}" if math.isfinite(r.latency_ms) else ""
-            rows.append((r.config, f(r.simulated_metric), f(r.drop), worst, f(r.engine_metric), size, lat))
+            drop = f(r.drop) + (f" [{f(r.drop_ci_low)}, {f(r.drop_ci_high)}]" if math.isfinite(r.drop_ci_low) else "")
+            rows.append((r.config, f(r.simulated_metric), drop, worst, f(r.engine_metric), size, lat))
         w = [max(len(row[i]) for row in rows) for i in range(len(head))]
         lines = ["  ".join(c.ljust(w[i]) for i, c in enumerate(row)) for row in rows]
         lines += [f"{r.config}: {r.note}" for r in self.rows if r.note]
@@ -175,12 +178,14 @@ def _compare_one(
 ) -> CompareRow:  # fmt: skip
     from .analysis import per_class_frame
     from .export import export
+    from .stats import drop_interval
 
     say(f"{label}: simulating" + (f" with {', '.join(cfg.fixes)}" if cfg.fixes else ""))
     q, notes[label] = _simulate(wl, cfg, say)
     metric = wl.score(q)
+    iv = drop_interval(wl.evaluate, fp, q, wl.targets(), max_seconds=5.0)
     row = CompareRow(config=label, fixes="+".join(cfg.fixes), scheme=cfg.scheme.label(),
-                     simulated_metric=metric, drop=fp_metric - metric)  # fmt: skip
+                     simulated_metric=metric, drop=fp_metric - metric, drop_ci_low=iv.low, drop_ci_high=iv.high)  # fmt: skip
     pc = per_class_frame(wl, fp, q)
     if pc is not None and len(pc):
         worst = pc.sort_values("delta").iloc[0]

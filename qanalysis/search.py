@@ -111,6 +111,7 @@ class Evaluated:
     size_bytes: int
     phase: str
     int4_layers: list[str] = field(default_factory=list)
+    drop_ci95: tuple[float, float] = (float("nan"), float("nan"))
 
 
 @dataclass
@@ -141,7 +142,7 @@ class SearchResult:
         df = pd.DataFrame(
             [
                 {"config_id": e.config_id, "n_float_layers": len(e.float_layers), "metric": e.metric, "drop": e.drop,
-                 "latency_ms": e.latency_ms, "size_bytes": e.size_bytes, "phase": e.phase,
+                 "drop_ci_low": e.drop_ci95[0], "drop_ci_high": e.drop_ci95[1], "latency_ms": e.latency_ms, "size_bytes": e.size_bytes, "phase": e.phase,
                  "float_layers": ";".join(e.float_layers), "int4_layers": ";".join(e.int4_layers)}  # fmt: skip
                 for e in self.evaluated
             ]
@@ -233,7 +234,7 @@ def _search(a: Analysis, max_drop: float, wd: Path, *, objective: Objective, pro
         r = simulate_config(a, cfg)
         e = Evaluated(len(evaluated), [n for n in names if n in float_set], r.metric, r.drop,
                       costs.latency_ms(a, float_set), costs.size_bytes(float_set) - sum(costs.params.get(n, 0) // 2 for n in int4),
-                      phase, sorted(int4))  # fmt: skip
+                      phase, sorted(int4), r.drop_ci95)  # fmt: skip
         evaluated.append(e)
         cache[key] = e
         say(f"config {e.config_id}: {len(float_set)} float layer(s), drop {e.drop:.2f}, {objective} "
