@@ -60,7 +60,9 @@ def _parser() -> argparse.ArgumentParser:
         c.add_argument("--quiet", action="store_true", help="no progress on stderr")
         return c
 
-    model_cmd("analyze", "per-layer sensitivity, outliers, recommendations and a verdict")
+    an = model_cmd("analyze", "per-layer sensitivity, outliers, recommendations and a verdict")
+    an.add_argument("--repeats", type=int, default=1, metavar="K",
+                    help="redraw the calibration samples K times (seeded): mean ± std of the INT8 metric and of each layer's sensitivity")  # fmt: skip
     s = model_cmd("search", "greedy mixed-precision search under a metric budget; Pareto fronts")
     s.add_argument("--max-drop", required=True, type=float, metavar="PCT", help="allowed metric drop (points)")
     s.add_argument("--objective", choices=["latency", "size"], default="latency")
@@ -82,6 +84,10 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--out", required=True, help="output folder (new or empty; see --force)")
     v.add_argument("--force", action="store_true", help="replace the results of a previous qanalysis run in --out")
     v.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    x = sub.add_parser("experiment", help="run a grid of models × schemes × calibrations × fixes × seeds from a TOML plan (resumable)")
+    x.add_argument("plan", type=Path, metavar="PLAN.toml")
+    x.add_argument("--out", required=True, help="output folder; an interrupted experiment resumes there")
+    x.add_argument("--quiet", action="store_true", help="no progress on stderr")
     d = sub.add_parser("diff", help="compare two results files (or engines) with a paired bootstrap interval and McNemar's test")
     d.add_argument("a", type=Path, metavar="A", help="reference: a .results.json from validate, or an engine .onnx (with --data)")
     d.add_argument("b", type=Path, metavar="B", help="candidate: likewise")
@@ -182,6 +188,29 @@ def _diff(args: argparse.Namespace) -> int:
     return 0
 
 
+def _experiment(args: argparse.Namespace) -> int:
+    from .experiment import RESULT_FILES, Plan, run_plan, write_results
+    from .outputs import Incremental
+
+    plan = Plan.load(args.plan)
+    say = _progress(args.quiet)
+    inc = Incremental(args.out, command="experiment", argv=args.argv)
+    if inc.resumed:
+        say(f"resuming in {inc.out}")
+    df = run_plan(plan, inc.out, progress=say, record=inc.add)
+    for name in RESULT_FILES:
+        inc.add(inc.out / name)
+    write_results(df, inc.out, plan)
+    from .experiment import aggregate
+
+    agg = aggregate(df)
+    for _, r in agg.iterrows():
+        print(f"{r['model']:<24} {r['scheme']:<12} {r['calibration']:<10} {r['fixes']:<12} "
+              f"{r['metric_mean']:.2f} ± {r['metric_std']:.2f} (FP32 {r['fp32_metric']:.2f}, {r['seeds']} seed(s))")  # fmt: skip
+    print(f"wrote {', '.join(RESULT_FILES)} and cells/ ({len(df)} cells) to {inc.out}")
+    return 0
+
+
 def _output(args: argparse.Namespace):
     """The run's staging folder: results move into ``--out`` only if the run succeeds."""
     return staged(args.out, command=args.cmd, force=args.force, argv=args.argv)
@@ -217,6 +246,8 @@ def _summary_line(s: dict) -> str:
 
 
 def _analyze(args: argparse.Namespace) -> int:
+    if args.repeats < 1:
+        raise QAnalysisError(f"--repeats must be at least 1, got {args.repeats}")
     from .analysis import analyze
     from .report import write_analysis
     from .scheme import Config
@@ -228,14 +259,23 @@ def _analyze(args: argparse.Namespace) -> int:
         say(f"loading {args.model}")
         wl = load_workload(args.model, args.data)
         a = analyze(wl, config, progress=say)
+        rep = None
+        if args.repeats > 1:
+            from .repeats import analyze_repeats
+
+            rep = analyze_repeats(wl, config, args.repeats, progress=say, first=a)
         say(f"writing {st.out}")
-        write_analysis(a, st.path)
+        write_analysis(a, st.path, repeats=rep)
     s = a.summary()
     for w in a.warnings:  # loud, even with --quiet: the numbers below may not mean what they say
         print(f"warning: {w}", file=sys.stderr)
     print(_summary_line(s))
     # ties on the (coarse) metric drop are broken by the end-to-end output SQNR, lowest first
     top = a.layers_frame().sort_values(["metric_drop", "e2e_sqnr_db"], ascending=[False, True]).head(5)
+    if rep is not None:
+        r = rep.summary()
+        print(f"over {r['k']} calibration draws: INT8 {r['int8_metric_mean']:.2f} ± {r['int8_metric_std']:.2f}; "
+              f"layer ranking stability (Spearman vs the first draw) {r['rank_stability_spearman']:.2f}")  # fmt: skip
     print("most sensitive layers (metric drop with only that layer quantized):")
     for _, r in top.iterrows():
         print(f"  {r['layer']:<40} {r['metric_drop']:+.3f}  {r['recommendation']}")
@@ -356,6 +396,8 @@ def _main(argv: Sequence[str] | None) -> int:
             return _validate(args)
         if args.cmd == "diff":
             return _diff(args)
+        if args.cmd == "experiment":
+            return _experiment(args)
         raise QAnalysisError(f"unknown command {args.cmd}")  # pragma: no cover
     except QAnalysisError as e:
         print(f"error: {e}", file=sys.stderr)

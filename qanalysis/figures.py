@@ -77,3 +77,23 @@ def channel_ranges(absmax: list[float], flagged: list[int], title: str = "") -> 
     fig.update_layout(title=title or "Per-channel absmax (outliers in red)", xaxis_title="channel", yaxis_title="absmax",
                       **{**_LAYOUT, "margin": dict(l=60, r=20, t=50, b=60)})  # fmt: skip
     return fig
+
+
+def experiment_bars(agg: pd.DataFrame, model: str) -> go.Figure:
+    """One model of an experiment: the metric of each (scheme, calibration, fixes) as mean ± std
+    over seeds, beside the FP32 metric (the research plan's FP32 vs PTQ vs QAT comparison)."""
+    d = agg[agg["model"] == model]
+    fig = go.Figure()
+    fp32 = float(d["fp32_metric"].iloc[0])
+    for fixes, g in d.groupby("fixes", sort=False):
+        labels = g["scheme"] + " · " + g["calibration"]
+        fig.add_bar(x=labels, y=g["metric_mean"], name=str(fixes),
+                    error_y=dict(type="data", array=g["metric_std"], visible=True))  # fmt: skip
+    fig.add_hline(y=fp32, line_dash="dash", annotation_text=f"FP32 {fp32:.2f}")
+    lo = min(float((d["metric_mean"] - d["metric_std"]).min()), fp32)
+    hi = max(float((d["metric_mean"] + d["metric_std"]).max()), fp32)
+    pad = max((hi - lo) * 0.15, 0.5)
+    fig.update_layout(title=f"{model}: metric by scheme and calibration (mean ± std over seeds)", barmode="group",
+                      xaxis_title="scheme · calibration", yaxis_title="metric", yaxis_range=[lo - pad, hi + pad],
+                      legend_title="fixes", **_LAYOUT)  # fmt: skip
+    return fig

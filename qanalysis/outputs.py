@@ -94,7 +94,7 @@ class Staging:
             "tool": "qanalysis",
             "command": self.command,
             "argv": list(self.argv),
-            "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "finished": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
             "files": files,
         }
         (self.path / MARKER).write_text(json.dumps(marker, indent=2))
@@ -221,3 +221,52 @@ def staged(out: str | Path, *, command: str, force: bool = False, argv: Sequence
         st.commit()
     finally:
         st.discard()
+
+
+class Incremental:
+    """An output folder that a resumable command fills file by file (``experiment``): the marker
+    is written first and extended after each file, so an interrupted run can be resumed and
+    every file in the folder stays accounted for. Only a folder that is new, empty, or holds a
+    previous run of the same command is accepted; nothing else in it is touched."""
+
+    def __init__(self, out: str | Path, *, command: str, argv: Sequence[str] = ()):
+        if str(out).strip() == "":
+            raise OutputError("--out is empty: name an output folder")
+        self.out = Path(out)
+        _check_name(self.out)
+        self.command = command
+        marker = read_marker(self.out) if _exists(self.out) else None
+        if _exists(self.out):
+            if not self.out.is_dir():
+                raise OutputError(f"--out {self.out} exists and is not a folder")
+            present = _files_under(self.out)
+            ours = set(marker["files"]) if marker else set()
+            foreign = [p for p in present if p not in ours]
+            if foreign:
+                shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+                raise OutputError(f"--out {self.out} holds files qanalysis did not write ({shown}); choose a new or empty folder")
+            if marker and marker.get("command") != command:
+                raise OutputError(f"--out {self.out} holds the results of 'qanalysis {marker.get('command')}'; choose another folder")
+        self.resumed = bool(marker and marker["files"])
+        self.files: list[str] = list(marker["files"]) if marker else []
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise OutputError(f"cannot create output folder {self.out}: {e.strerror or e}") from None
+        self.argv = list(argv)
+        self._save()
+
+    def _save(self) -> None:
+        from .report import write_json
+
+        write_json({"tool": "qanalysis", "command": self.command, "argv": self.argv,
+                    "updated": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"), "files": sorted(set(self.files))},
+                   self.out / MARKER)  # fmt: skip
+
+    def add(self, path: Path) -> None:
+        """Record a file this run is about to write (atomically): recorded first, so an
+        interruption never leaves an unaccounted file."""
+        rel = str(Path(path).resolve().relative_to(self.out.resolve()))
+        if rel not in self.files:
+            self.files.append(rel)
+            self._save()

@@ -94,10 +94,13 @@ def analysis_cards(summary: dict) -> dict[str, str]:
     return c
 
 
-def write_analysis(a, out: Path) -> list[Path]:
-    """layers.csv, outliers.csv, summary.json, report.html (+ per_class.csv, flips.csv)."""
+def write_analysis(a, out: Path, repeats=None) -> list[Path]:
+    """layers.csv, outliers.csv, summary.json, report.html (+ per_class.csv, flips.csv, and
+    repeats.csv when the analysis was repeated over calibration draws)."""
     layers = a.layers_frame()
     summary = a.summary()
+    if repeats is not None:
+        summary["repeats"] = repeats.summary()
     written = [
         write_csv(layers, out / "layers.csv"),
         write_csv(a.outliers_frame(), out / "outliers.csv"),
@@ -110,6 +113,9 @@ def write_analysis(a, out: Path) -> list[Path]:
         written.append(write_csv(a.flips, out / "flips.csv"))
         figs.append(figures.per_class_bars(a.per_class))
         tables["Per class"] = a.per_class
+    if repeats is not None:
+        written.append(write_csv(repeats.layers, out / "repeats.csv"))
+        tables["Layers over repeated calibration draws (mean, std)"] = repeats.layers
     corr = summary["proxy_rank_correlation"]
     fmt = lambda d: ", ".join(f"{k} {v:.2f}" if math.isfinite(v) else f"{k} n/a (no variance)" for k, v in d.items())  # noqa: E731
     notes = [*(f"Warning: {w}" for w in summary.get("warnings", [])),
