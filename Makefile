@@ -3,14 +3,17 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup app test bench screenshots clean
+.PHONY: setup app test bench screenshots clean lock
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+# Installs exactly what pylock.toml pins (versions and hashes, torch included), then the project
+# itself without dependencies. `make lock` regenerates the lock from pyproject.toml.
+$(STAMP): pyproject.toml pylock.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q --upgrade 'pip>=26.1'
+	$(BIN)/python -m pip install -q -r pylock.toml
+	$(BIN)/python -m pip install -q --no-deps -e .
 	$(BIN)/python -c "import torch, torchvision, onnxruntime, streamlit; print('torch', torch.__version__, 'torchvision', torchvision.__version__, 'onnxruntime', onnxruntime.__version__)"
 	touch $(STAMP)
 
@@ -29,6 +32,9 @@ bench: setup
 
 screenshots: setup
 	$(BIN)/python scripts/screenshots.py
+
+lock: setup
+	$(BIN)/python scripts/lock.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
