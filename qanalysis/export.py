@@ -197,30 +197,18 @@ def _activation_outputs(qg, t: str) -> list[tuple[str, int]]:
     return [(prog.nodes[c].outputs[0], c) for c in prog.consumers.get(t, ()) if prog.nodes[c].op in ("Relu", "Clip")]
 
 
-def _speed_note(engine_path: Path, x1, fp32_ms: float, q_ms: float, qg) -> dict[str, Any]:
-    times = profile_nodes(engine_path, x1, runs=10)
-    by_op: dict[str, float] = defaultdict(float)
-    for t in times:
-        by_op[t.op_type] += t.us
-    float_heavy = sorted({t.op_type for t in times if t.op_type in ("Conv", "Gemm", "MatMul", "ConvTranspose", "FusedConv", "FusedMatMul")})
-    quant = sorted({t.op_type for t in times if any(k in t.op_type for k in QUANT_KERNELS)})
-    d: dict[str, Any] = {
-        "kernel_us_by_op_type": dict(sorted(by_op.items(), key=lambda kv: -kv[1])),
-        "quantized_kernels": quant,
-        "float_compute_kernels": float_heavy,
-        "per_layer_us": attribute_to_layers(times, qg),
-    }
+def _speed_note(fp32_path: Path, engine_path: Path, x1, fp32_ms: float, q_ms: float, qg) -> dict[str, Any]:
+    """Kernel time per op type and per layer, both engines (``speed.speed_report``); when the
+    engine is not faster, ``note`` names the ops and layers that cost the time, in ms."""
+    from .speed import speed_report
+
+    rep = speed_report(fp32_path, engine_path, x1, qg, fp32_ms=fp32_ms, int8_ms=q_ms)
+    d = rep.to_dict()
+    ops = rep.by_op[rep.by_op["int8_us"] > 0]["op_type"]
+    d["quantized_kernels"] = sorted(o for o in ops if any(k in o for k in QUANT_KERNELS))
+    d["float_compute_kernels"] = sorted(o for o in ops if o in ("Conv", "Gemm", "MatMul", "ConvTranspose", "FusedConv", "FusedMatMul"))
     if q_ms >= fp32_ms:
-        reasons = []
-        if float_heavy:
-            reasons.append(f"compute ops still ran in float ({', '.join(float_heavy)})")
-        ql = by_op.get("QuantizeLinear", 0) + by_op.get("DequantizeLinear", 0)
-        tot = sum(by_op.values()) or 1
-        if ql / tot > 0.2:
-            reasons.append(f"Quantize/DequantizeLinear took {100 * ql / tot:.0f}% of kernel time (boundaries between int8 and float)")
-        if not reasons:
-            reasons.append("the model is too small for int8 kernels to beat the per-op overhead")
-        d["note"] = f"the {q_ms:.3f} ms engine is not faster than FP32 ({fp32_ms:.3f} ms): " + "; ".join(reasons)
+        d["note"] = rep.explanation()
     return d
 
 
@@ -307,7 +295,7 @@ def export(
     }
     peaks = {"fp32": engine_peak_memory(fp32_path, xb), "engine": engine_peak_memory(eng_path, xb)}
     mem = {k: p.bytes for k, p in peaks.items()}
-    speed = _speed_note(eng_path, x1, lat["fp32_b1"].mean_ms, lat["engine_b1"].mean_ms, qg)
+    speed = _speed_note(fp32_path, eng_path, x1, lat["fp32_b1"].mean_ms, lat["engine_b1"].mean_ms, qg)
     timings["timing"] = time.perf_counter() - t
     float_layers = [l.name for l in qg.layers if sim.weight_bits(sim_config, l) is None]
     rep = ExportReport(
