@@ -864,3 +864,183 @@ def pad(args, a):
     if mode == "constant":
         return F.pad(x, fpad, value=value)
     return F.pad(x, fpad[: 2 * (x.dim() - 2)], mode={"reflect": "reflect", "edge": "replicate"}[mode])
+
+
+# ---------------------------------------------------------------------- recurrent (LSTM, GRU, RNN)
+# ONNX semantics, layout 0: X [seq, batch, input]; W [dirs, gates·hidden, input]; R [dirs,
+# gates·hidden, hidden]; B [dirs, 2·gates·hidden] = (Wb, Rb); sequence_lens [batch];
+# initial_h (and initial_c) [dirs, batch, hidden]. Outputs Y [seq, dirs, batch, hidden] (zero
+# past a sequence's length), Y_h (and Y_c) [dirs, batch, hidden], the state at each sequence's
+# last valid step. ORT's quantizer keeps these ops in float.
+
+_ACTIVATIONS: dict[str, tuple[int, Callable[..., torch.Tensor]]] = {
+    # name: (how many of activation_alpha / activation_beta it consumes, f(x, alpha, beta))
+    "Sigmoid": (0, lambda x, al, be: torch.sigmoid(x)),
+    "Tanh": (0, lambda x, al, be: torch.tanh(x)),
+    "Relu": (0, lambda x, al, be: torch.relu(x)),
+    "Softsign": (0, lambda x, al, be: x / (1 + x.abs())),
+    "Softplus": (0, lambda x, al, be: F.softplus(x)),
+    "LeakyRelu": (1, lambda x, al, be: F.leaky_relu(x, al)),
+    "ThresholdedRelu": (1, lambda x, al, be: torch.where(x > al, x, torch.zeros_like(x))),
+    "Elu": (1, lambda x, al, be: F.elu(x, al)),
+    "HardSigmoid": (2, lambda x, al, be: torch.clamp(al * x + be, 0, 1)),
+    "Affine": (2, lambda x, al, be: al * x + be),
+    "ScaledTanh": (2, lambda x, al, be: al * torch.tanh(be * x)),
+}
+_ACT_DEFAULTS = {"LeakyRelu": (0.01, 0.0), "ThresholdedRelu": (1.0, 0.0), "Elu": (1.0, 0.0),
+                 "HardSigmoid": (0.2, 0.5), "Affine": (1.0, 0.0), "ScaledTanh": (1.0, 1.0)}  # fmt: skip
+
+
+def _activations(a: dict, op: str, defaults: list[str], dirs: int) -> list[list[Callable]]:
+    """The ``activations`` attribute as one list of functions per direction; alpha and beta are
+    consumed in the order of the activations that take them."""
+    names = a.get("activations") or defaults * dirs
+    if len(names) != len(defaults) * dirs:
+        raise ExportError(f"{op} with {len(names)} activations for {dirs} direction(s) is not valid ONNX")
+    alphas, betas = list(a.get("activation_alpha") or []), list(a.get("activation_beta") or [])
+    fns = []
+    for name in names:
+        key = next((k for k in _ACTIVATIONS if k.lower() == name.lower()), None)
+        if key is None:
+            raise ExportError(f"{op} activation {name} is not supported by the simulator yet")
+        n, f = _ACTIVATIONS[key]
+        al, be = _ACT_DEFAULTS.get(key, (0.0, 0.0))
+        if n >= 1 and alphas:
+            al = alphas.pop(0)
+        if n >= 2 and betas:
+            be = betas.pop(0)
+        fns.append(lambda x, f=f, al=al, be=be: f(x, al, be))
+    k = len(defaults)
+    return [fns[d * k : (d + 1) * k] for d in range(dirs)]
+
+
+def _reverse_padded(x: torch.Tensor, lens: torch.Tensor | None) -> torch.Tensor:
+    """Reverse each sequence of ``x`` [seq, batch, ...] within its own length; padding stays put."""
+    if lens is None:
+        return x.flip(0)
+    t = torch.arange(x.shape[0]).unsqueeze(1)  # [seq, 1]
+    idx = torch.where(t < lens, lens - 1 - t, t)  # [seq, batch]
+    return torch.gather(x, 0, idx.reshape(*idx.shape, *[1] * (x.dim() - 2)).expand_as(x))
+
+
+def _scan(step, xw, states, lens, reverse):
+    """Run ``step(x_t, states) → states`` over time; returns (Y [seq, batch, hidden], final states).
+
+    States stop changing past a sequence's length, and Y is zero there, as ONNX Runtime's."""
+    if reverse:
+        xw = _reverse_padded(xw, lens)
+    ys = []
+    for t in range(xw.shape[0]):
+        new = step(xw[t], states)
+        if lens is None:
+            states = new
+            ys.append(new[0])
+        else:
+            live = (t < lens).unsqueeze(1)  # [batch, 1]
+            states = tuple(torch.where(live, n, s) for n, s in zip(new, states))
+            ys.append(torch.where(live, new[0], torch.zeros_like(new[0])))
+    y = torch.stack(ys) if ys else xw.new_zeros(0, *states[0].shape)
+    return (_reverse_padded(y, lens) if reverse else y), states
+
+
+def _recurrent(args, a, op: str, gates: int, n_states: int, defaults: list[str], cell) -> tuple:
+    """Shared driver: input projections for all steps at once, then ``cell`` per direction."""
+    x, w, r = args[0], args[1], args[2]
+    b, lens, h0 = _opt(args, 3), _opt(args, 4), _opt(args, 5)
+    c0 = _opt(args, 6) if n_states == 2 else None
+    if a.get("layout", 0) != 0:
+        raise ExportError(f"{op} with layout=1 (batch first) is not supported by the simulator yet")
+    direction = a.get("direction", "forward")
+    dirs = 2 if direction == "bidirectional" else 1
+    hidden = a.get("hidden_size") or r.shape[-1]
+    batch = x.shape[1]
+    acts = _activations(a, op, defaults, dirs)
+    clip = a.get("clip")
+    lens = lens.long() if lens is not None else None
+    ys, finals = [], []
+    for d in range(dirs):
+        wb = b[d, : gates * hidden] if b is not None else None
+        rb = b[d, gates * hidden :] if b is not None else None
+        xw = torch.matmul(x, w[d].transpose(0, 1))
+        if wb is not None:
+            xw = xw + wb
+        zero = x.new_zeros(batch, hidden)
+        states = (h0[d] if h0 is not None else zero,) + ((c0[d] if c0 is not None else zero,) if n_states == 2 else ())
+        reverse = direction == "reverse" or d == 1
+        y, st = _scan(lambda xt, s, d=d, rb=rb: cell(xt, s, r[d], rb, acts[d], clip, a, args, d), xw, states, lens, reverse)
+        ys.append(y)
+        finals.append(st)
+    y = torch.stack(ys, dim=1)  # [seq, dirs, batch, hidden]
+    return (y, *(torch.stack([f[k] for f in finals]) for k in range(n_states)))
+
+
+def _cell_clip(v: torch.Tensor, clip: float | None) -> torch.Tensor:
+    return v if clip is None else torch.clamp(v, -clip, clip)
+
+
+def _lstm_cell(xt, s, r, rb, act, clip, a, args, d):
+    """i, o, f, c gates: i = σ(x·Wiᵀ + h·Riᵀ + Pi⊙C + b), f likewise (or 1 − i with input_forget),
+    c̃ = g(…), C' = f⊙C + i⊙c̃, o = σ(… + Po⊙C'), H' = o⊙h(C')."""
+    f, g, h = act
+    hp, cp = s
+    gates = xt + torch.matmul(hp, r.transpose(0, 1))
+    if rb is not None:
+        gates = gates + rb
+    gi, go, gf, gc = gates.chunk(4, dim=-1)
+    p = _opt(args, 7)
+    if p is not None:
+        pi, po, pf = p[d].chunk(3)
+        gi, gf = gi + pi * cp, gf + pf * cp
+    i = f(_cell_clip(gi, clip))
+    fg = 1 - i if a.get("input_forget", 0) else f(_cell_clip(gf, clip))
+    c = fg * cp + i * g(_cell_clip(gc, clip))
+    if p is not None:
+        go = go + po * c
+    o = f(_cell_clip(go, clip))
+    return o * h(c), c
+
+
+def _gru_cell(xt, s, r, rb, act, clip, a, args, d):
+    """z, r, h gates: z = σ(x·Wzᵀ + h·Rzᵀ + b), r likewise, h̃ = g(x·Whᵀ + (r⊙h)·Rhᵀ + Rbh + Wbh)
+    or, with linear_before_reset, g(x·Whᵀ + r⊙(h·Rhᵀ + Rbh) + Wbh); H' = (1 − z)⊙h̃ + z⊙h."""
+    f, g = act
+    (hp,) = s
+    n = hp.shape[-1]
+    xz, xr, xh = xt.chunk(3, dim=-1)
+    rz_rr = torch.matmul(hp, r[: 2 * n].transpose(0, 1))
+    if rb is not None:
+        rz_rr = rz_rr + rb[: 2 * n]
+    hz, hr = rz_rr.chunk(2, dim=-1)
+    z = f(_cell_clip(xz + hz, clip))
+    rg = f(_cell_clip(xr + hr, clip))
+    rh, rbh = r[2 * n :].transpose(0, 1), (rb[2 * n :] if rb is not None else 0)
+    if a.get("linear_before_reset", 0):
+        hh = g(_cell_clip(xh + rg * (torch.matmul(hp, rh) + rbh), clip))
+    else:
+        hh = g(_cell_clip(xh + torch.matmul(rg * hp, rh) + rbh, clip))
+    return ((1 - z) * hh + z * hp,)
+
+
+def _rnn_cell(xt, s, r, rb, act, clip, a, args, d):
+    """H' = f(x·Wᵀ + h·Rᵀ + Wb + Rb)."""
+    (f,) = act
+    (hp,) = s
+    v = xt + torch.matmul(hp, r.transpose(0, 1))
+    if rb is not None:
+        v = v + rb
+    return (f(_cell_clip(v, clip)),)
+
+
+@register_op("LSTM")
+def lstm(args, a):
+    return _recurrent(args, a, "LSTM", 4, 2, ["Sigmoid", "Tanh", "Tanh"], _lstm_cell)
+
+
+@register_op("GRU")
+def gru(args, a):
+    return _recurrent(args, a, "GRU", 3, 1, ["Sigmoid", "Tanh"], _gru_cell)
+
+
+@register_op("RNN")
+def rnn(args, a):
+    return _recurrent(args, a, "RNN", 1, 1, ["Tanh"], _rnn_cell)
