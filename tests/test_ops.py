@@ -194,7 +194,7 @@ CASES: dict[str, list[Case]] = {
     "Range": [case(scalar(1), scalar(10), scalar(3)), case(scalar(0.5, np.float32), scalar(2.0, np.float32), scalar(0.25, np.float32))],
     "Trilu": [case(f32(4, 5), scalar(1), upper=0), case(f32(4, 5))],
     "OneHot": [case(i64(0, 2, -1, 1).reshape(2, 2), scalar(4), np.array([-1.0, 3.0], np.float32)),
-               case(i64(0, 2, 3), scalar(4), np.array([0.0, 1.0], np.float32), axis=0)],  # fmt: skip
+               case(i64(0, 2, 3), scalar(4), np.array([0.0, 1.0], np.float32), axis=0)],
     "NonZero": unary(_sparse),
     "Concat": [case(f32(2, 3), f32(2, 1), f32(2, 2), axis=1)],
     "Split": [case(f32(2, 3, 4), i64(1, 2), axis=1, n_out=2), case(f32(7, 2), n_out=3, num_outputs=3)],
@@ -212,7 +212,7 @@ CASES: dict[str, list[Case]] = {
              coordinate_transformation_mode="asymmetric", nearest_mode="floor"),
         case(f32(1, 2, 4, 5), None, None, i64(1, 2, 7, 9), mode="linear"),
         case(f32(1, 2, 4, 5), None, None, i64(1, 2, 7, 9), mode="linear", coordinate_transformation_mode="align_corners"),
-    ],  # fmt: skip
+    ],
     "Pad": [
         case(f32(1, 2, 3, 4), i64(0, 0, 1, 2, 0, 0, 2, 1), scalar(0.5, np.float32)),
         case(f32(1, 2, 3, 4), i64(0, 0, 1, 2, 0, 0, 2, 1), mode="reflect"),
@@ -223,7 +223,7 @@ CASES: dict[str, list[Case]] = {
                                  case(f32(4, 2, 3), f32(1, 8, 3), f32(1, 8, 2), n_out=3, hidden_size=2, input_forget=1),
                                  case(f32(4, 2, 3), f32(1, 8, 3), f32(1, 8, 2), n_out=3, hidden_size=2,
                                       activations=["HardSigmoid", "LeakyRelu", "Tanh"], activation_alpha=[0.3, 0.2],
-                                      activation_beta=[0.4])],  # fmt: skip
+                                      activation_beta=[0.4])],
     "GRU": recurrent(3, 1) + recurrent(3, 1, linear_before_reset=1)[:2],
     "RNN": recurrent(1, 1) + [case(f32(4, 2, 3), f32(1, 5, 3), f32(1, 5, 5), n_out=2, hidden_size=5, activations=["Relu"])],
 }
