@@ -7,7 +7,6 @@ import csv
 import json
 
 import onnx
-
 from conftest import SPECS
 
 
@@ -25,7 +24,7 @@ def _float_recurrent_nodes(path, op: str) -> list[onnx.NodeProto]:
 
 def test_crnn_ocr_analyze_and_export(run_cli, tmp_path):
     spec = SPECS / "crnn_ocr.py"
-    code, out, err = run_cli("analyze", spec, "--out", tmp_path / "a", "--quiet")
+    code, _, err = run_cli("analyze", spec, "--out", tmp_path / "a", "--quiet")
     assert code == 0, err
     summary = json.loads((tmp_path / "a" / "summary.json").read_text())
     assert summary["fp32_metric"] == 100.0 and "agreement" in summary["metric_name"]
@@ -35,7 +34,7 @@ def test_crnn_ocr_analyze_and_export(run_cli, tmp_path):
     assert {r["op_type"] for r in rows} <= {"Conv", "MatMul", "Add"}  # the LSTMs are not quantized layers
     assert [r["layer"] for r in rows][-2:] == ["classifier", "classifier:add"]
 
-    code, out, err = run_cli("export", spec, "--out", tmp_path / "e", "--quiet")
+    code, _, err = run_cli("export", spec, "--out", tmp_path / "e", "--quiet")
     assert code == 0, err
     rep = json.loads((tmp_path / "e" / "export.json").read_text())
     assert rep["simulated_metric"] == summary["int8_metric"]
@@ -50,7 +49,7 @@ def test_crnn_ocr_analyze_and_export(run_cli, tmp_path):
 
 
 def test_gru_keyword_spotter_export(run_cli, tmp_path):
-    code, out, err = run_cli("export", SPECS / "gru_keywords.py", "--out", tmp_path, "--quiet")
+    code, _, err = run_cli("export", SPECS / "gru_keywords.py", "--out", tmp_path, "--quiet")
     assert code == 0, err
     rep = json.loads((tmp_path / "export.json").read_text())
     assert rep["fp32_metric"] == 100.0
