@@ -50,6 +50,12 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
     sub.add_parser("samples", help="list the bundled sample workloads")
 
+    def metric_arg(c: argparse.ArgumentParser) -> None:
+        c.add_argument("--metric", choices=["accuracy", "top5", "agreement"], default="accuracy",
+                       help="accuracy: the model's own metric (default; top-1 on an image folder); top5: top-5 accuracy; "
+                        "agreement: top-1 agreement with the FP32 model's own predictions (a pretrained head on "
+                        "a folder whose sub-folders are not its classes)")  # fmt: skip
+
     def model_cmd(name: str, help: str) -> argparse.ArgumentParser:
         c = sub.add_parser(name, help=help)
         c.add_argument("model", metavar="MODEL", help="sample:NAME | torchvision:ARCH[@WEIGHTS.pt] | path/to/spec.py")
@@ -57,6 +63,7 @@ def _parser() -> argparse.ArgumentParser:
         c.add_argument("--force", action="store_true", help="replace the results of a previous qanalysis run in --out")
         c.add_argument("--config", type=Path, help="config JSON (scheme, per-layer precision, fixes)")
         c.add_argument("--data", type=Path, help="image folder (one sub-folder per class) for torchvision models")
+        metric_arg(c)
         c.add_argument("--quiet", action="store_true", help="no progress on stderr")
         return c
 
@@ -77,6 +84,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--out", required=True, help="output folder (new or empty; see --force)")
     c.add_argument("--force", action="store_true", help="replace the results of a previous qanalysis run in --out")
     c.add_argument("--data", type=Path, help="image folder (one sub-folder per class) for torchvision models")
+    metric_arg(c)
     c.add_argument("--quiet", action="store_true", help="no progress on stderr")
     v = sub.add_parser("validate", help="score any ONNX engine on your data: metric, per class, predictions, latency, size")
     v.add_argument("engines", nargs="+", type=Path, metavar="ENGINE.onnx")
@@ -257,7 +265,7 @@ def _analyze(args: argparse.Namespace) -> int:
     say = _progress(args.quiet)
     with _output(args) as st:
         say(f"loading {args.model}")
-        wl = load_workload(args.model, args.data)
+        wl = load_workload(args.model, args.data, metric=args.metric)
         a = analyze(wl, config, progress=say)
         rep = None
         if args.repeats > 1:
@@ -295,7 +303,7 @@ def _search(args: argparse.Namespace) -> int:
     with _output(args) as st:
         out = st.path
         say(f"loading {args.model}")
-        wl = load_workload(args.model, args.data)
+        wl = load_workload(args.model, args.data, metric=args.metric)
         a = analyze(wl, config, progress=say, baseline=False, previews=0)
         for w in a.warnings:
             print(f"warning: {w}", file=sys.stderr)
@@ -329,7 +337,7 @@ def _export(args: argparse.Namespace) -> int:
     with _output(args) as st:
         out = st.path
         say(f"loading {args.model}")
-        wl = load_workload(args.model, args.data)
+        wl = load_workload(args.model, args.data, metric=args.metric)
         rep = export(wl, config, out, mode=args.mode, progress=say)
         write_json(rep.config, out / "config.json")
         write_json(rep.to_dict(), out / "export.json")
@@ -348,7 +356,7 @@ def _compare(args: argparse.Namespace) -> int:
     with _output(args) as st:
         out = st.path
         say(f"loading {args.model}")
-        wl = load_workload(args.model, args.data)
+        wl = load_workload(args.model, args.data, metric=args.metric)
         res = compare(wl, configs, out, progress=say)
         write_csv(res.to_frame(), out / "compare.csv")
         write_json(res.to_dict(), out / "compare.json")

@@ -18,7 +18,7 @@ import math
 import random
 import sys
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Literal, Mapping
 
@@ -46,6 +46,20 @@ def top1_accuracy(outputs: torch.Tensor, targets: torch.Tensor) -> float:
             "define evaluate(outputs, targets) in the spec"
         )
     return float((outputs.argmax(dim=1) == targets.reshape(-1).long()).float().mean() * 100.0)
+
+
+def top5_accuracy(outputs: torch.Tensor, targets: torch.Tensor) -> float:
+    """Top-5 accuracy in %: the target is among the 5 highest outputs (outputs [N, C ≥ 5], targets [N])."""
+    top = outputs.topk(5, dim=1).indices
+    return float((top == targets.reshape(-1, 1).long()).any(dim=1).float().mean() * 100.0)
+
+
+# --metric: "accuracy" keeps the workload's own metric (a spec's evaluate(), top-1 accuracy on an image
+# folder); "top5" scores top-5 accuracy; "agreement" scores top-1 agreement with the FP32 model's own
+# predictions (a pretrained head on a folder whose sub-folders are not its classes).
+Metric = Literal["accuracy", "top5", "agreement"]
+METRICS: tuple[str, ...] = ("accuracy", "top5", "agreement")
+AGREEMENT_NAME = "top-1 agreement with FP32 (%)"
 
 
 def default_loss(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -281,7 +295,8 @@ def finish(
         raise WorkloadError(
             f"the model has a {eout.shape[1]}-class head but {data} has {n_classes} class folders; top-1 accuracy "
             f"would compare head index i with the i-th folder in sorted order, which means nothing here. Give "
-            f"one sub-folder per class of the head, named so that sorted order is the head's order"
+            f"one sub-folder per class of the head, named so that sorted order is the head's order, or use "
+            f"--metric agreement to score top-1 agreement with the FP32 model's own predictions"
         )
     if evaluate is None:
         _check_default_metric(eout, torch.cat([t for _, t in evals]))
@@ -296,6 +311,49 @@ def finish(
         **extra,
     )
     return wl
+
+
+def with_metric(wl: Workload, metric: Metric) -> Workload:
+    """The workload scored by ``metric`` (see METRICS); "accuracy" returns it unchanged.
+
+    "agreement": targets become the FP32 model's top-1 on each evaluation sample (one FP32 pass,
+    once), so the FP32 metric is 100 % and a drop is the share of predictions quantization flips."""
+    if metric not in METRICS:
+        raise WorkloadError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
+    if metric == "accuracy":
+        return wl
+    eout = run_model(wl.model, wl.evaluation[0][0])
+    if eout.dim() != 2 or eout.shape[1] < 2:
+        raise WorkloadError(
+            f"--metric {metric} needs a classifier's outputs of shape [N, classes], got {list(eout.shape)}"
+        )
+    n_out = int(eout.shape[1])
+    if metric == "top5":
+        if n_out <= 5:
+            raise WorkloadError(f"--metric top5 needs more than 5 classes; the model has {n_out} outputs")
+        targets = torch.cat([t for _, t in wl.evaluation])
+        if targets.is_floating_point() and not bool((targets == targets.round()).all()):
+            raise WorkloadError("--metric top5 needs class ids as targets; the evaluation targets are not integers")
+        lo, hi = int(targets.min()), int(targets.max())
+        if lo < 0 or hi >= n_out:
+            raise WorkloadError(
+                f"the evaluation targets hold class ids {lo}..{hi} but the model has {n_out} outputs, so top-5 "
+                "accuracy cannot score them; use --metric agreement if the labels are not the model's classes"
+            )
+        return replace(wl, evaluate=top5_accuracy, metric_name="top-5 accuracy (%)", task="classification")
+    # .clone(): a normal tensor, not an inference-mode one (targets may meet autograd in a loss)
+    evaluation = [(x, _forward(wl.model, x, f"evaluation batch {i}").argmax(dim=1).clone()) for i, (x, _) in enumerate(wl.evaluation)]
+    warnings = list(wl.warnings)
+    if wl.class_names and len(wl.class_names) != n_out:
+        warnings.append(
+            f"the model's {n_out}-class head and the data's {len(wl.class_names)} classes differ, so the metric "
+            f"is top-1 agreement with the FP32 model's own predictions (--metric agreement), not accuracy: "
+            f"FP32 scores 100 % by construction"
+        )
+    return replace(
+        wl, evaluation=evaluation, evaluate=top1_accuracy, metric_name=AGREEMENT_NAME, task="classification",
+        class_names=None, warnings=warnings,
+    )  # fmt: skip
 
 
 # --------------------------------------------------------------------------- spec files
@@ -475,7 +533,9 @@ def _check_whole_model(obj: torch.nn.Module, fresh: torch.nn.Module, arch: str, 
     return obj
 
 
-def load_torchvision(spec: str, data: str | Path | None, *, calib_fraction: float = 0.25, max_calib: int = 256) -> Workload:
+def load_torchvision(
+    spec: str, data: str | Path | None, *, calib_fraction: float = 0.25, max_calib: int = 256, metric: Metric = "accuracy"
+) -> Workload:
     """``ARCH[@WEIGHTS]`` on an image folder; images split per class, deterministically."""
     from PIL import Image
     from torchvision import transforms
@@ -543,7 +603,7 @@ def load_torchvision(spec: str, data: str | Path | None, *, calib_fraction: floa
         model,
         calib,
         evals,
-        None,
+        top1_accuracy if metric == "agreement" else None,  # agreement: the folder's labels are not checked
         metric_name="top-1 accuracy (%)",
         description=f"torchvision {arch} on {root}",
         class_names=classes,
@@ -551,20 +611,23 @@ def load_torchvision(spec: str, data: str | Path | None, *, calib_fraction: floa
         loss=default_loss,
         warnings=warnings,
         random_weights=not w,
-        n_classes=len(classes),
+        n_classes=None if metric == "agreement" else len(classes),  # agreement: any head on any folder
         data=root,
     )
 
 
-def load_workload(source: str, data: str | Path | None = None) -> Workload:
-    """Dispatch on the MODEL argument: ``sample:NAME``, ``torchvision:ARCH[@W]`` or a spec path."""
+def load_workload(source: str, data: str | Path | None = None, *, metric: Metric = "accuracy") -> Workload:
+    """Dispatch on the MODEL argument: ``sample:NAME``, ``torchvision:ARCH[@W]`` or a spec path;
+    ``metric`` (``--metric``) may replace the workload's own metric, see ``with_metric``."""
+    if metric not in METRICS:
+        raise WorkloadError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
     if source.startswith("sample:"):
-        return load_sample(source.split(":", 1)[1])
+        return with_metric(load_sample(source.split(":", 1)[1]), metric)
     if source.startswith("torchvision:"):
-        return load_torchvision(source.split(":", 1)[1], data)
+        return with_metric(load_torchvision(source.split(":", 1)[1], data, metric=metric), metric)
     p = Path(source)
     if p.suffix == ".py" or p.exists():
-        return load_spec(p)
+        return with_metric(load_spec(p), metric)
     raise WorkloadError(
         f"cannot read MODEL {source!r}: use sample:NAME ({', '.join(list_samples())}), "
         "torchvision:ARCH[@WEIGHTS.pt] --data DIR, or a path to a spec .py file"
