@@ -284,6 +284,8 @@ def _name_layers(prog: Program, layers: list[Layer], model: torch.nn.Module, sco
         name = ""
         w = l.weight
         mod, leaf = _module_of(node, modules, scopes_by_name)
+        if getattr(model, "proto", None) is not None and node.name and node.name not in scopes_by_name:
+            name = node.name  # an ONNX file without module scopes: its node names
         # The exporter's module scope first: weight names can mislead (the ONNX optimizer merges
         # identical initializers, e.g. every LayerNorm weight of a freshly initialized BERT).
         if leaf and node.op in _LEAF_OPS:
@@ -445,6 +447,7 @@ def _disk_cache(workload: Workload, scheme: Scheme) -> Path | None:
 
     h = hashlib.sha1()
     h.update(type(workload.model).__qualname__.encode())  # not __module__: spec modules get unique names
+    h.update(str(getattr(workload.model, "sha256", "")).encode())  # an ONNX file given as the model
     for k, v in workload.model.state_dict().items():
         h.update(k.encode())
         h.update(str((tuple(v.shape), str(v.dtype))).encode())
@@ -520,9 +523,19 @@ def _store(dst: Path, wd: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _save_onnx(proto: onnx.ModelProto, path: Path) -> Path:
+    """Write ``proto``; weights go to an external-data file beside it when the model is large
+    (protobuf cannot hold more than 2 GB in one file)."""
+    big = sum(t.ByteSize() for t in proto.graph.initializer) > 1_500_000_000
+    onnx.save_model(proto, str(path), save_as_external_data=big, all_tensors_to_one_file=True,
+                    location=path.name + ".data" if big else None)  # fmt: skip
+    return path
+
+
 def _build(workload: Workload, scheme: Scheme, wd: Path) -> None:
     """Export, pre-process and plan into ``wd``: the cache entry's files."""
-    raw = export_onnx(workload.model, workload.calibration[0], wd / "exported.onnx")
+    proto = getattr(workload.model, "proto", None)  # an ONNX file given as the model: no export
+    raw = _save_onnx(proto, wd / "exported.onnx") if proto is not None else export_onnx(workload.model, workload.calibration[0], wd / "exported.onnx")
     # the exporter's module scopes per node (quant_pre_process may drop node metadata)
     scopes = {n.name: p.value for n in onnx.load(str(raw), load_external_data=False).graph.node
               for p in n.metadata_props if p.key == "pkg.torch.onnx.name_scopes"}  # fmt: skip

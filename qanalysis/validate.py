@@ -52,37 +52,17 @@ def image_folder_data(root: str | Path, *, size: int = 224, resize: int | None =
                       mean: tuple[float, ...] = (0.485, 0.456, 0.406), std: tuple[float, ...] = (0.229, 0.224, 0.225),
                       layout: str = "NCHW", batch_size: int = 32) -> EvalData:  # fmt: skip
     """Every image of ``root/CLASS/*``: resize (short side) → center crop → [0, 1] → normalize."""
-    from PIL import Image
-    from torchvision import transforms
+    from .workload import image_batches, image_classes, image_transform
 
     root = Path(root)
-    if not root.is_dir():
-        raise WorkloadError(f"data folder not found: {root}")
-    classes = sorted(d.name for d in root.iterdir() if d.is_dir())
-    if not classes:
-        raise WorkloadError(f"{root} has no class sub-folders")
+    classes = image_classes(root)
     if layout not in ("NCHW", "NHWC"):
         raise WorkloadError(f"layout must be NCHW or NHWC, got {layout!r}")
     files = [(p, ci) for ci, c in enumerate(classes) for p in sorted((root / c).iterdir()) if p.suffix.lower() in IMAGE_EXTS]
     if not files:
         raise WorkloadError(f"{root} holds no images ({', '.join(sorted(IMAGE_EXTS))})")
-    steps = ([transforms.Resize(resize)] if resize else []) + [transforms.CenterCrop(size), transforms.ToTensor(),
-                                                               transforms.Normalize(list(mean), list(std))]  # fmt: skip
-    tf = transforms.Compose(steps)
-    batches = []
-    for i in range(0, len(files), batch_size):
-        chunk = files[i : i + batch_size]
-        xs = []
-        for p, _ in chunk:
-            try:
-                with Image.open(p) as im:
-                    xs.append(tf(im.convert("RGB")))
-            except Exception as e:  # noqa: BLE001
-                raise WorkloadError(f"cannot read image {p}: {e}") from None
-        x = torch.stack(xs)
-        if layout == "NHWC":
-            x = x.permute(0, 2, 3, 1).contiguous()
-        batches.append(((x,), torch.tensor([c for _, c in chunk])))
+    tf = image_transform(size=size, resize=resize, mean=mean, std=std)
+    batches = [((x,), t) for x, t in image_batches(files, tf, bs=batch_size, layout=layout)]
     return EvalData(name=str(root), batches=batches, class_names=classes)
 
 

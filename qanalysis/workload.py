@@ -537,9 +537,6 @@ def load_torchvision(
     spec: str, data: str | Path | None, *, calib_fraction: float = 0.25, max_calib: int = 256, metric: Metric = "accuracy"
 ) -> Workload:
     """``ARCH[@WEIGHTS]`` on an image folder; images split per class, deterministically."""
-    from PIL import Image
-    from torchvision import transforms
-
     arch, _, w = spec.partition("@")
     if data is None:
         raise WorkloadError("torchvision models need --data DIR (an image folder, one sub-folder per class)")
@@ -554,18 +551,7 @@ def load_torchvision(
             f"{root} has one class sub-folder ({classes[0]}): top-1 accuracy over a single class cannot measure "
             "what quantization costs; give one sub-folder per class (two or more)"
         )
-    rng = random.Random(0)
-    calib_files: list[tuple[Path, int]] = []
-    eval_files: list[tuple[Path, int]] = []
-    per_class_calib = max(1, int(max_calib / len(classes)))
-    for ci, c in enumerate(classes):
-        files = sorted(p for p in (root / c).iterdir() if p.suffix.lower() in IMAGE_EXTS)
-        rng.shuffle(files)
-        k = min(per_class_calib, max(1, int(round(len(files) * calib_fraction)))) if len(files) > 1 else 0
-        calib_files += [(p, ci) for p in files[:k]]
-        eval_files += [(p, ci) for p in files[k:]]
-    if not eval_files or not calib_files:
-        raise WorkloadError(f"{root} needs at least two images in some class (calibration and evaluation)")
+    calib_files, eval_files = split_image_folder(root, classes, calib_fraction=calib_fraction, max_calib=max_calib)
     model = _torchvision_model(arch, Path(w) if w else None, len(classes))
     warnings = []
     if not w:
@@ -573,31 +559,9 @@ def load_torchvision(
             f"torchvision:{arch} was given no weights file, so its weights are random (seeded, the same on "
             f"every run): the accuracy and its drop mean nothing; use torchvision:{arch}@WEIGHTS.pt for your model"
         )
-    tf = transforms.Compose(
-        [
-            transforms.Resize(256),
-            transforms.CenterCrop(224),
-            transforms.ToTensor(),
-            transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
-        ]
-    )
-
-    def load(files: list[tuple[Path, int]], bs: int = 32) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        out = []
-        for i in range(0, len(files), bs):
-            chunk = files[i : i + bs]
-            xs = []
-            for p, _ in chunk:
-                try:
-                    with Image.open(p) as im:
-                        xs.append(tf(im.convert("RGB")))
-                except Exception as e:  # noqa: BLE001
-                    raise WorkloadError(f"cannot read image {p}: {e}") from None
-            out.append((torch.stack(xs), torch.tensor([c for _, c in chunk])))
-        return out
-
-    calib = [x for x, _ in load(calib_files)]
-    evals = load(eval_files)
+    tf = image_transform()
+    calib = [x for x, _ in image_batches(calib_files, tf)]
+    evals = image_batches(eval_files, tf)
     return finish(
         f"torchvision:{spec}",
         model,
@@ -616,6 +580,103 @@ def load_torchvision(
     )
 
 
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def image_classes(root: Path) -> list[str]:
+    if not root.is_dir():
+        raise WorkloadError(f"data folder not found: {root}")
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir())
+    if not classes:
+        raise WorkloadError(f"{root} has no class sub-folders")
+    return classes
+
+
+def split_image_folder(root: Path, classes: list[str], *, calib_fraction: float = 0.25,
+                       max_calib: int = 256) -> tuple[list[tuple[Path, int]], list[tuple[Path, int]]]:  # fmt: skip
+    """(calibration, evaluation) files: per class, a seeded shuffle, the first part calibrates."""
+    rng = random.Random(0)
+    calib_files: list[tuple[Path, int]] = []
+    eval_files: list[tuple[Path, int]] = []
+    per_class_calib = max(1, int(max_calib / len(classes)))
+    for ci, c in enumerate(classes):
+        files = sorted(p for p in (root / c).iterdir() if p.suffix.lower() in IMAGE_EXTS)
+        rng.shuffle(files)
+        k = min(per_class_calib, max(1, int(round(len(files) * calib_fraction)))) if len(files) > 1 else 0
+        calib_files += [(p, ci) for p in files[:k]]
+        eval_files += [(p, ci) for p in files[k:]]
+    if not eval_files or not calib_files:
+        raise WorkloadError(f"{root} needs at least two images in some class (calibration and evaluation)")
+    return calib_files, eval_files
+
+
+def image_transform(size: int = 224, resize: int | None = 256, mean=IMAGENET_MEAN, std=IMAGENET_STD):
+    """Resize (short side) → center crop → [0, 1] → normalize: ImageNet's evaluation preprocessing."""
+    from torchvision import transforms
+
+    steps = [transforms.Resize(resize)] if resize else []
+    return transforms.Compose(steps + [transforms.CenterCrop(size), transforms.ToTensor(), transforms.Normalize(list(mean), list(std))])
+
+
+def image_batches(files: list[tuple[Path, int]], tf, bs: int = 32, layout: str = "NCHW") -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(images, class ids) batches of ``bs``; ``layout`` NHWC permutes the channels last."""
+    from PIL import Image
+
+    out = []
+    for i in range(0, len(files), bs):
+        chunk = files[i : i + bs]
+        xs = []
+        for p, _ in chunk:
+            try:
+                with Image.open(p) as im:
+                    xs.append(tf(im.convert("RGB")))
+            except Exception as e:  # noqa: BLE001
+                raise WorkloadError(f"cannot read image {p}: {e}") from None
+        x = torch.stack(xs)
+        if layout == "NHWC":
+            x = x.permute(0, 2, 3, 1).contiguous()
+        out.append((x, torch.tensor([c for _, c in chunk])))
+    return out
+
+
+def load_onnx(path: str | Path, data: str | Path | None, *, metric: Metric = "accuracy") -> Workload:
+    """An ONNX file with ``data``: an image folder (ImageNet preprocessing at the graph's input
+    size and layout) or a spec file supplying ``calibration_batches``, ``evaluation_batches``
+    and optionally ``evaluate`` (its ``build_model`` is not needed)."""
+    from .onnx_model import OnnxModel
+
+    model = OnnxModel(path)
+    warnings = ["the ONNX model was stored in float16; it is analysed in float32 (ONNX Runtime's quantizer reads float32)"] \
+        if model.was_fp16 else []  # fmt: skip
+    if data is None:
+        raise WorkloadError("an ONNX model needs --data: an image folder (one sub-folder per class) or a spec file with the batches")
+    data = Path(data)
+    if data.suffix == ".py":
+        m = _import_spec(data)
+        missing = [f for f in ("calibration_batches", "evaluation_batches") if not callable(getattr(m, f, None))]
+        if missing:
+            raise WorkloadError(f"spec {data.name} does not define {', '.join(missing)}()")
+        ev = getattr(m, "evaluate", None)
+        return finish(str(path), model, _call(lambda: list(m.calibration_batches()), f"spec {data.name}: calibration_batches()"),
+                      _call(lambda: list(m.evaluation_batches()), f"spec {data.name}: evaluation_batches()"),
+                      ev if callable(ev) else None, description=f"{Path(path).name} on {data.name}", warnings=warnings)  # fmt: skip
+    classes = image_classes(data)
+    shape = model.input_shape(0)
+    if len(shape) != 4:
+        raise WorkloadError(f"--data DIR feeds images, but the ONNX model's input has shape {shape}; give a spec file instead")
+    layout = "NHWC" if shape[3] == 3 and shape[1] != 3 else "NCHW"
+    size = (shape[1] if layout == "NHWC" else shape[2]) or 224
+    tf = image_transform(size=size, resize=round(size * 256 / 224))
+    calib_files, eval_files = split_image_folder(data, classes)
+    calib = [x for x, _ in image_batches(calib_files, tf, layout=layout)]
+    evals = image_batches(eval_files, tf, layout=layout)
+    return finish(str(path), model, calib, evals, top1_accuracy if metric == "agreement" else None,
+                  n_classes=None if metric == "agreement" else len(classes), data=data,
+                  metric_name="top-1 accuracy (%)", description=f"{Path(path).name} on {data} ({layout}, {size}×{size})",
+                  class_names=classes, images=True, loss=default_loss, warnings=warnings)  # fmt: skip
+
+
 def load_workload(source: str, data: str | Path | None = None, *, metric: Metric = "accuracy") -> Workload:
     """Dispatch on the MODEL argument: ``sample:NAME``, ``torchvision:ARCH[@W]`` or a spec path;
     ``metric`` (``--metric``) may replace the workload's own metric, see ``with_metric``."""
@@ -626,9 +687,11 @@ def load_workload(source: str, data: str | Path | None = None, *, metric: Metric
     if source.startswith("torchvision:"):
         return with_metric(load_torchvision(source.split(":", 1)[1], data, metric=metric), metric)
     p = Path(source)
+    if p.suffix == ".onnx":
+        return with_metric(load_onnx(p, data, metric=metric), metric)
     if p.suffix == ".py" or p.exists():
         return with_metric(load_spec(p), metric)
     raise WorkloadError(
         f"cannot read MODEL {source!r}: use sample:NAME ({', '.join(list_samples())}), "
-        "torchvision:ARCH[@WEIGHTS.pt] --data DIR, or a path to a spec .py file"
+        "torchvision:ARCH[@WEIGHTS.pt] --data DIR, a model.onnx with --data, or a path to a spec .py file"
     )
