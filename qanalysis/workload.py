@@ -657,10 +657,12 @@ def load_onnx(path: str | Path, data: str | Path | None, *, metric: Metric = "ac
         missing = [f for f in ("calibration_batches", "evaluation_batches") if not callable(getattr(m, f, None))]
         if missing:
             raise WorkloadError(f"spec {data.name} does not define {', '.join(missing)}()")
-        ev = getattr(m, "evaluate", None)
+        ev, training, loss = (getattr(m, f, None) for f in ("evaluate", "training_batches", "loss"))
         return finish(str(path), model, _call(lambda: list(m.calibration_batches()), f"spec {data.name}: calibration_batches()"),
                       _call(lambda: list(m.evaluation_batches()), f"spec {data.name}: evaluation_batches()"),
-                      ev if callable(ev) else None, description=f"{Path(path).name} on {data.name}", warnings=warnings)  # fmt: skip
+                      ev if callable(ev) else None, description=f"{Path(path).name} on {data.name}", warnings=warnings,
+                      training=training if callable(training) else None,
+                      loss=loss if callable(loss) else (default_loss if callable(training) else None))  # fmt: skip
     classes = image_classes(data)
     shape = model.input_shape(0)
     if len(shape) != 4:
