@@ -147,9 +147,16 @@ def build_int8_engine(qg, sim, plan, out_path: Path, calib: Inputs) -> EngineBui
 
 
 def _atomic_save(model: onnx.ModelProto, path: Path) -> None:
+    """Write ``path`` through a temporary name; a model over 2 GB gets ``path.data`` beside it."""
+    from .graph import is_large
+
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        onnx.save(model, str(tmp))
+        if is_large(model):
+            onnx.save_model(model, str(tmp), save_as_external_data=True, all_tensors_to_one_file=True,
+                            location=path.name + ".data", size_threshold=1024)  # fmt: skip
+        else:
+            onnx.save(model, str(tmp))
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

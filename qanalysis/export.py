@@ -25,6 +25,7 @@ from onnx import helper
 
 from . import metrics as M
 from .baseline import engine_peak_memory, first_sample, time_calls
+from .graph import save_model
 from .engine import (attribute_to_layers, build_dynamic_engine, build_fp16_engine, build_int8_engine, fp16_layers,
                      profile_nodes, run_session, session)
 from .errors import ExportError
@@ -140,10 +141,11 @@ def layer_checks(wl: Workload, sim: Simulator, plan: SimPlan, engine_path: Path,
             m.graph.output.append(helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
     tmp = engine_path.with_name(f".{engine_path.name}.debug-{os.getpid()}.onnx")
     try:
-        onnx.save(m, str(tmp))
+        save_model(m, tmp)
         sess = session(tmp)
     finally:
         tmp.unlink(missing_ok=True)
+        tmp.with_name(tmp.name + ".data").unlink(missing_ok=True)
     out_names = [o.name for o in sess.get_outputs()]
     targets: list[tuple[str, str, set[int]]] = []  # (layer, quantized output tensor, nodes to run)
     for l in qg.layers:
@@ -251,7 +253,12 @@ def export(
 
     fp32_path = out / "model_fp32.onnx"  # the original float model: the FP32 reference
     tmp = fp32_path.with_name(f".{fp32_path.name}.tmp-{os.getpid()}")
-    shutil.copyfile(original.float_path, tmp)
+    data = original.float_path.with_name(original.float_path.name + ".data")
+    if data.exists():  # over 2 GB: the weights beside the model, under the name the model records
+        onnx.save_model(onnx.load(str(original.float_path)), str(tmp), save_as_external_data=True,
+                        all_tensors_to_one_file=True, location=fp32_path.name + ".data", size_threshold=1024)  # fmt: skip
+    else:
+        shutil.copyfile(original.float_path, tmp)
     os.replace(tmp, fp32_path)
     t = time.perf_counter()
     say(f"building the {mode} engine")

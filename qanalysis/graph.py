@@ -105,16 +105,34 @@ def export_onnx(model: torch.nn.Module, example: Inputs, path: Path) -> Path:
     raise ExportError(f"ONNX export failed: {errors[0]}" + (f" (TorchScript exporter: {errors[1]})" if len(errors) > 1 else ""))
 
 
+# protobuf cannot serialize a model over 2 GB; above this, weights live in an external-data file
+LARGE_MODEL_BYTES = 1_800_000_000
+
+
+def is_large(model: onnx.ModelProto) -> bool:
+    return sum(t.ByteSize() for t in model.graph.initializer) > LARGE_MODEL_BYTES
+
+
 def preprocess(src: Path, dst: Path) -> Path:
-    """ORT's quant_pre_process (shape inference + basic graph optimization), names made unique."""
+    """ORT's quant_pre_process (shape inference + basic graph optimization), names made unique.
+
+    The exporter may write weights to ``src.data`` beside the model; ORT's pre-processing works
+    in a temporary folder where that file is not found, so the model is handed over in memory
+    (under 2 GB) or with an external-data file of its own (``dst.data``, over 2 GB)."""
     from onnxruntime.quantization import quant_pre_process
 
+    model = onnx.load(str(src))  # external data read from beside src
+    large = is_large(model)
+    extra = dict(save_as_external_data=True, all_tensors_to_one_file=True, external_data_location=dst.name + ".data") if large else {}
+    if not large and any(t.data_location == onnx.TensorProto.EXTERNAL for t in onnx.load(str(src), load_external_data=False).graph.initializer):
+        src = save_model(model, src.with_name(src.stem + ".inline.onnx"))  # one self-contained file
+    del model
     with quiet():
         try:
-            quant_pre_process(str(src), str(dst))
-        except Exception:  # noqa: BLE001 - symbolic shape inference fails on some graphs
+            quant_pre_process(str(src), str(dst), **extra)
+        except Exception:  # noqa: BLE001 - symbolic shape inference fails on some graphs (e.g. BERT)
             try:
-                quant_pre_process(str(src), str(dst), skip_symbolic_shape=True)
+                quant_pre_process(str(src), str(dst), skip_symbolic_shape=True, **extra)
             except Exception as e:  # noqa: BLE001
                 raise ExportError(f"ONNX Runtime's quant_pre_process failed: {_first_line_of(e)}") from None
     m = onnx.load(str(dst))
@@ -126,8 +144,18 @@ def preprocess(src: Path, dst: Path) -> Path:
             changed = True
         seen.add(n.name)
     if changed:
-        onnx.save(m, str(dst))
+        save_model(m, dst)
     return dst
+
+
+def save_model(model: onnx.ModelProto, path: Path) -> Path:
+    """One file, or (over 2 GB) the model plus ``path.data`` with its weights."""
+    if is_large(model):
+        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=path.name + ".data", size_threshold=1024)  # fmt: skip
+    else:
+        onnx.save_model(model, str(path))
+    return path
 
 
 class _Reader:
@@ -160,9 +188,10 @@ def ort_quantize(src: Path, dst: Path, input_names: list[str], batches: list[Inp
     kw["extra_options"] = {**kw["extra_options"], **extra.pop("extra_options", {})}
     with quiet():
         try:
+            large = (src.with_name(src.name + ".data")).exists()  # a model over 2 GB keeps its weights beside it
             quantize_static(
                 str(src), str(dst), _Reader(input_names, batches), quant_format=QuantFormat.QDQ,
-                calibrate_method=CalibrationMethod.MinMax, **kw, **extra,
+                calibrate_method=CalibrationMethod.MinMax, use_external_data_format=large, **kw, **extra,
             )  # fmt: skip
         except Exception as e:  # noqa: BLE001
             raise ExportError(f"ONNX Runtime's quantize_static failed: {_first_line_of(e)}") from None
@@ -478,9 +507,10 @@ def _fetch(entry: Path, wd: Path) -> Literal["hit", "miss", "bad"]:
     try:
         manifest = json.loads((entry / _MANIFEST).read_text())
         sums = manifest["sha256"]
-        if not isinstance(sums, dict) or set(sums) != set(_ENTRY_FILES):
+        if not isinstance(sums, dict) or not set(_ENTRY_FILES) <= set(sums) or \
+                not all(n in _ENTRY_FILES or n.endswith(".onnx.data") for n in sums):  # fmt: skip
             return "bad"
-        for n in _ENTRY_FILES:
+        for n in sums:  # the entry's files, with the external-data files of large models
             shutil.copyfile(entry / n, wd / n)
             if _sha256(wd / n) != sums[n]:
                 return "bad"
@@ -504,9 +534,10 @@ def _store(dst: Path, wd: Path) -> None:
     tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     try:
         tmp.mkdir(parents=True)
-        for n in _ENTRY_FILES:
+        files = list(_ENTRY_FILES) + sorted(p.name for p in wd.glob("*.onnx.data") if p.name.split(".onnx")[0] + ".onnx" in _ENTRY_FILES)
+        for n in files:
             shutil.copyfile(wd / n, tmp / n)
-        (tmp / _MANIFEST).write_text(json.dumps({"sha256": {n: _sha256(tmp / n) for n in _ENTRY_FILES}}))
+        (tmp / _MANIFEST).write_text(json.dumps({"sha256": {n: _sha256(tmp / n) for n in files}}))
         try:
             os.replace(tmp, dst)
         except OSError:  # dst exists: another run stored it, or it is the damaged entry we rebuilt
@@ -541,7 +572,7 @@ def _build(workload: Workload, scheme: Scheme, wd: Path) -> None:
               for p in n.metadata_props if p.key == "pkg.torch.onnx.name_scopes"}  # fmt: skip
     (wd / "scopes.json").write_text(json.dumps(scopes))
     pre = preprocess(raw, wd / "model_fp32.onnx")
-    for f in wd.glob("exported.onnx*"):  # the raw export is not needed any more
+    for f in wd.glob("exported*"):  # the raw export is not needed any more
         f.unlink(missing_ok=True)
     g = onnx.load(str(pre), load_external_data=False).graph
     inits = {t.name for t in g.initializer}
