@@ -342,6 +342,10 @@ def _export(args: argparse.Namespace) -> int:
         write_json(rep.config, out / "config.json")
         write_json(rep.to_dict(), out / "export.json")
     print(rep.table())
+    if rep.int8_latency_ms >= rep.fp32_latency_ms and not config.layers:
+        print(f"warning: this INT8 engine ({rep.int8_latency_ms:.3f} ms) is not faster than FP32 ({rep.fp32_latency_ms:.3f} ms); "
+              f"`qanalysis search {args.model} --objective latency --max-drop 1` looks for a faster mixed-precision config",
+              file=sys.stderr)  # fmt: skip
     print(_wrote(st))
     return 0
 
