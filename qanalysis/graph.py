@@ -41,8 +41,11 @@ from .workload import Inputs, Workload
 
 OPSET = 18
 # ORT shares the input's scale for these ops' outputs (QDQDirect8BitOp & friends).
+# Ops whose constant input ORT quantizes with the *weight* type. Not Gather: ORT's QDQGather
+# quantizes its data (an embedding table) like an activation tensor, per tensor, on the
+# activation grid, and its output shares those parameters.
 WEIGHT_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul", "LayerNormalization", "InstanceNormalization",
-              "BatchNormalization", "Gather", "GatherElements", "Einsum"}  # fmt: skip
+              "BatchNormalization", "Einsum"}  # fmt: skip
 PASSTHROUGH_OPS = {
     "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "MaxPool", "AveragePool", "Slice",
     "Resize", "Split", "Gather", "GatherElements", "Pad", "TopK", "Identity", "Expand", "Tile",

@@ -31,6 +31,9 @@ def test_analyze_search_export(run_cli, tmp_path):
     assert code == 0, err
     x = json.loads((tmp_path / "e" / "export.json").read_text())
     assert x["engine_metric"] == pytest.approx(x["simulated_metric"], abs=100 / 48 + 1e-9)
+    # the embedding table is quantized as ORT's QDQGather does it (activation grid, per tensor)
+    assert x["disagreements"] == [], x["disagreements"]
+    assert any(c["layer"] == "emb" and c["agrees"] for c in x["layer_checks"])
     for f in ("model_fp32.onnx", "model_int8.onnx"):
         onnx.checker.check_model(str(tmp_path / "e" / f))  # self-contained: loads from its folder alone
     assert (tmp_path / "e" / "model_fp32.onnx").stat().st_size > 7_000_000  # the embedding is in the file
