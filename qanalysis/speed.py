@@ -95,8 +95,11 @@ class SpeedReport:
     def to_dict(self) -> dict[str, Any]:
         return {
             "fp32_ms": self.fp32_ms, "int8_ms": self.int8_ms,
-            "kernel_us_by_op_type": self.by_op.to_dict(orient="records"),
-            "per_layer_us": self.by_layer.to_dict(orient="records"),
+            # the INT8 engine's kernel µs per op type and per layer ({name: µs}), and both engines side by side
+            "kernel_us_by_op_type": {r.op_type: r.int8_us for r in self.by_op.itertuples() if r.int8_us > 0},
+            "per_layer_us": {r.layer: r.int8_us for r in self.by_layer.itertuples()},
+            "kernel_us_by_op_type_fp32_vs_int8": self.by_op.to_dict(orient="records"),
+            "per_layer_us_fp32_vs_int8": self.by_layer.to_dict(orient="records"),
             "qdq_us_by_neighbour_op": self.qdq_us_by_neighbour,
             "explanation": self.explanation(),
         }  # fmt: skip
