@@ -326,7 +326,7 @@ def analyze(
         bl = measure_baseline(workload, qg.float_path)
         timings["baseline"] = time.perf_counter() - t
     t = time.perf_counter()
-    say(f"calibrating {len(qg.quantized_tensors)} tensors on {workload.n_calib} samples ({config.scheme.activations.calibration})")
+    say(f"calibrating {len(qg.quantized_tensors)} tensors on {workload.n_calib} samples ({config.scheme.act.calibration})")
     sim, stats, fix_notes, reference = prepare_simulator(workload, qg, config, progress=say)
     qg = sim.qg
     timings["calibration_and_fixes"] = time.perf_counter() - t
