@@ -364,7 +364,8 @@ class Simulator:
         kind = key[0]
         if kind == "w":
             _, name, bits = key
-            if name in self.weight_qparams_override and bits == self.scheme.weights.bits:
+            over = self.weight_qparams_override.get(name)
+            if over is not None and over.group is None and bits == self.scheme.weights.bits:
                 qp = self.weight_qparams_override[name]
                 wq = fake_quant(self._float_weight(name), qp)
             else:
