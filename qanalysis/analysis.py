@@ -107,6 +107,14 @@ def check_config(config: Config, qg: QuantGraph) -> None:
     for name in config.layers:
         if name not in known:
             qg.layer(name)  # raises ConfigError with suggestions
+    from .scheme import WEIGHT_ONLY
+    from .simulate import weight_only_layout
+
+    for name, p in config.layers.items():
+        if p in WEIGHT_ONLY and name in qg.by_name and weight_only_layout(qg, qg.by_name[name]) is None:
+            op = qg.program.nodes[qg.by_name[name].node].op
+            raise ConfigError(f"layer {name!r}: weight-only {p!r} applies to MatMul/Gemm layers with a constant "
+                              f"weight (ONNX Runtime's MatMulNBits); {name} is a {op}")  # fmt: skip
     if config.fixes:
         from .fixes import FIXES, list_fixes
 
@@ -326,7 +334,7 @@ def analyze(
         bl = measure_baseline(workload, qg.float_path)
         timings["baseline"] = time.perf_counter() - t
     t = time.perf_counter()
-    say(f"calibrating {len(qg.quantized_tensors)} tensors on {workload.n_calib} samples ({config.scheme.activations.calibration})")
+    say(f"calibrating {len(qg.quantized_tensors)} tensors on {workload.n_calib} samples ({config.scheme.act.calibration})")
     sim, stats, fix_notes, reference = prepare_simulator(workload, qg, config, progress=say)
     qg = sim.qg
     timings["calibration_and_fixes"] = time.perf_counter() - t

@@ -77,7 +77,7 @@ def _np_zero_point(z: int, symmetric: bool) -> np.ndarray:
 
 def _overrides(sim, plan) -> dict[str, list[dict[str, Any]]]:
     """TensorQuantOverrides: every quantized tensor's (scale, zero point) from the simulation."""
-    a = sim.scheme.activations
+    a = sim.scheme.act
     out: dict[str, list[dict[str, Any]]] = {}
     owners = set(sim.qg.act_owner.values())
     for t in sorted(owners):
@@ -87,6 +87,8 @@ def _overrides(sim, plan) -> dict[str, list[dict[str, Any]]]:
         out[t] = [{"scale": np.array(float(qp.scale), dtype=np.float32), "zero_point": _np_zero_point(int(qp.zero_point), a.symmetric)}]
     w_sym = sim.scheme.weights.symmetric
     for name, qp in sim.weight_qparams_override.items():  # exact weight grids (AdaRound)
+        if qp.group is not None:  # a MatMulNBits block grid (GPTQ): written by build_weight_only_engine
+            continue
         zdt = np.int8 if w_sym else np.uint8
         if qp.axis is not None and qp.scale.dim() == 1:
             chans = [{"scale": np.array(float(s), dtype=np.float32), "zero_point": np.array(int(z), dtype=zdt)}
@@ -99,9 +101,12 @@ def _overrides(sim, plan) -> dict[str, list[dict[str, Any]]]:
 
 
 def check_engine_scheme(scheme, plan, sim) -> None:
-    w, a = scheme.weights, scheme.activations
-    int4 = [l.name for l in sim.qg.layers if sim.weight_bits(plan.config, l) not in (None, 8)]
-    if w.bits != 8 or int4:
+    w, a = scheme.weights, scheme.act
+    static = [l for l in sim.qg.layers if sim.is_static(plan.config, l)]
+    if scheme.weight_only and not static:
+        return  # weight-only layers are MatMulNBits (build_weight_only_engine), the rest float
+    int4 = [l.name for l in static if sim.weight_bits(plan.config, l) != 8]
+    if (w.bits != 8 and not scheme.weight_only) or int4:
         names = f" (layers {', '.join(int4[:5])})" if int4 and w.bits == 8 else ""
         raise ExportError(
             f"{w.bits if w.bits != 8 else 4}-bit weights{names} are simulated only: ONNX Runtime's CPU engine has no "
@@ -122,7 +127,7 @@ def build_int8_engine(qg, sim, plan, out_path: Path, calib: Inputs) -> EngineBui
 
     check_engine_scheme(sim.scheme, plan, sim)
     prog = qg.program
-    float_nodes = [l.node_name for l in qg.layers if sim.weight_bits(plan.config, l) is None]
+    float_nodes = [l.node_name for l in qg.layers if not sim.is_static(plan.config, l)]  # weight-only ones too
     tmp = out_path.with_name(f".{out_path.name}.ort-{os.getpid()}.onnx")
     try:
         ort_quantize(
@@ -239,7 +244,7 @@ def _restore_float_weights(model, prog, qg, sim, plan) -> None:
     inits = {t.name for t in g.initializer}
     dq_of_init = {n.output[0]: n.input[0] for n in g.node if n.op_type == "DequantizeLinear" and n.input[0] in inits}
     for l in qg.layers:
-        if sim.weight_bits(plan.config, l) is not None:
+        if sim.is_static(plan.config, l):
             continue
         node = next((n for n in g.node if n.name == l.node_name), None)
         if node is None:
@@ -266,7 +271,7 @@ def fp16_layers(qg, sim, plan) -> dict[str, Fp16Node]:
     """ONNX node name → the half-precision tensors of the plan's ``fp16`` layers."""
     out: dict[str, Fp16Node] = {}
     for l in qg.layers:
-        if sim.weight_bits(plan.config, l) is not None:
+        if sim.layer_format(plan.config, l).kind != "fp16":
             continue
         acts = tuple(sorted(p for (i, p), k in plan.edges.items() if i == l.node and k and k[0] == "fp16"))
         consts = [*l.weights, *l.consts, *([l.bias] if l.bias else [])]
@@ -500,3 +505,122 @@ def attribute_to_layers(times: list[NodeTime], qg) -> dict[str, float]:
         layer = match(t.node) or next((keys[i] for i in t.inputs if i in keys and i in prog.initializers), None)
         out[layer or f"(other) {t.op_type}"] += t.us
     return dict(out)
+
+
+# --------------------------------------------------------------------------- weight-only
+
+
+@dataclass
+class WeightOnlyLayer:
+    """One MatMulNBits node of a weight-only engine and how its weight was written."""
+
+    layer: str
+    node: str  # the MatMulNBits node
+    bits: int
+    block_size: int
+    symmetric: bool
+    k: int
+    n: int
+    ort_identical: bool  # ORT's own quantizer produced the very same integers, scales and zero points
+
+
+def _gemm_to_matmul(model: onnx.ModelProto, node_name: str) -> str:
+    """Rewrite Gemm ``node_name`` (transA = 0, alpha = beta = 1) as MatMul(A, W[K, N]) (+ Add(·, C)),
+    the form MatMulNBits quantizes; returns the MatMul's name. W is transposed when transB = 1."""
+    g = model.graph
+    node = next(n for n in g.node if n.name == node_name)
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    inits = {t.name: t for t in g.initializer}
+    w = onnx.numpy_helper.to_array(inits[node.input[1]])
+    if attrs.get("transB", 0):
+        w = np.ascontiguousarray(w.T)
+    wname = f"{node.input[1]}_kn"
+    g.initializer.append(onnx.numpy_helper.from_array(w.astype(np.float32), wname))
+    has_c = len(node.input) > 2 and node.input[2]
+    mm_out = f"{node.output[0]}_matmul" if has_c else node.output[0]
+    new = [helper.make_node("MatMul", [node.input[0], wname], [mm_out], name=f"{node_name}_MatMul")]
+    if has_c:
+        new.append(helper.make_node("Add", [mm_out, node.input[2]], [node.output[0]], name=f"{node_name}_Add"))
+    idx = list(g.node).index(node)
+    g.node.remove(node)
+    for k, n in enumerate(new):
+        g.node.insert(idx + k, n)
+    return f"{node_name}_MatMul"
+
+
+def build_weight_only_engine(qg, sim, plan, out_path: Path, calib: Inputs) -> tuple[EngineBuild | None, list[WeightOnlyLayer]]:
+    """The engine of a plan with weight-only layers: MatMulNBits for them, through ONNX Runtime's
+    own ``MatMulNBitsQuantizer`` (accuracy_level 0: float32 compute), with the simulation's very
+    integers, scales and zero points written into its initializers; the statically quantized
+    layers of the plan (if any) are built first as QDQ (``build_int8_engine``, weight-only layers
+    excluded there, so they stay float MatMuls until MatMulNBits replaces them); fp16 layers are
+    stored in half. ``ort_identical`` says per layer whether ORT's RTN gave the same integers
+    (it must, unless a fix such as GPTQ chose them)."""
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    from .graph import quiet
+
+    config = plan.config
+    wo = [l for l in qg.layers if sim.layer_format(config, l).kind == "w"]
+    if not wo:
+        raise ExportError("the config has no weight-only layer")
+    bad = sorted({sim.layer_format(config, l).bits for l in wo} - {4, 8})
+    if bad:
+        raise ExportError(f"{bad[0]}-bit weight-only layers are simulated only: ONNX Runtime's MatMulNBits engines "
+                          "are built for 4- and 8-bit weights")  # fmt: skip
+    build = None
+    if any(sim.is_static(config, l) for l in qg.layers):
+        tmp = out_path.with_name(f".{out_path.name}.qdq-{os.getpid()}.onnx")
+        try:
+            build = build_int8_engine(qg, sim, plan, tmp, calib)
+            model = onnx.load(str(tmp))
+        finally:
+            tmp.unlink(missing_ok=True)
+    else:
+        model = onnx.load(str(qg.float_path))
+        store_fp16(model, fp16_layers(qg, sim, plan))
+    # the node MatMulNBits replaces, per layer; Gemms become MatMul (+ Add) first
+    target: dict[str, str] = {}
+    for l in wo:
+        target[l.name] = _gemm_to_matmul(model, l.node_name) if sim.layout(l) == "nk" and qg.program.nodes[l.node].op == "Gemm" else l.node_name
+    matmuls = [n.name for n in model.graph.node if n.op_type == "MatMul"]
+    block, sym = sim.scheme.block_size(), sim.scheme.weights.symmetric
+    out: list[WeightOnlyLayer] = []
+    for bits in sorted({sim.layer_format(config, l).bits for l in wo}):
+        mine = {target[l.name] for l in wo if sim.layer_format(config, l).bits == bits}
+        q = MatMulNBitsQuantizer(model, bits=bits, block_size=block, is_symmetric=sym, accuracy_level=None,
+                                 nodes_to_exclude=[n for n in matmuls if n not in mine])  # fmt: skip
+        with quiet():
+            try:
+                q.process()
+            except Exception as e:  # noqa: BLE001
+                raise ExportError(f"ONNX Runtime's MatMulNBits quantizer failed: {str(e).splitlines()[0][:300]}") from None
+        model = q.model.model
+    g = model.graph
+    inits = {t.name: t for t in g.initializer}
+    nodes = {n.name: n for n in g.node}
+    for l in wo:
+        bits = sim.layer_format(config, l).bits
+        wname = qg.program.nodes[l.node].inputs[1]
+        node = nodes.get(f"{target[l.name]}_Q{bits}")
+        if node is None or node.op_type != "MatMulNBits":
+            raise ExportError(f"ONNX Runtime's quantizer left layer {l.name} without a MatMulNBits node")
+        b, s, z = sim.block_quant(plan, wname).packed()
+        ort_b = onnx.numpy_helper.to_array(inits[node.input[1]])
+        ort_s = onnx.numpy_helper.to_array(inits[node.input[2]])
+        ort_z = onnx.numpy_helper.to_array(inits[node.input[3]]) if len(node.input) > 3 and node.input[3] else None
+        same = (ort_b.shape == b.shape and np.array_equal(ort_b, b) and np.array_equal(ort_s.reshape(s.shape), s)
+                and (z is None) == (ort_z is None) and (z is None or np.array_equal(ort_z.reshape(z.shape), z)))  # fmt: skip
+        inits[node.input[1]].CopyFrom(onnx.numpy_helper.from_array(b.reshape(ort_b.shape), node.input[1]))
+        inits[node.input[2]].CopyFrom(onnx.numpy_helper.from_array(s.reshape(ort_s.shape), node.input[2]))
+        if z is not None:
+            inits[node.input[3]].CopyFrom(onnx.numpy_helper.from_array(z.reshape(ort_z.shape), node.input[3]))
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        out.append(WeightOnlyLayer(l.name, node.name, bits, block, sym, int(attrs["K"]), int(attrs["N"]), bool(same)))
+    _prune(model)
+    try:
+        onnx.checker.check_model(model)
+    except Exception as e:  # noqa: BLE001
+        raise ExportError(f"the weight-only engine failed ONNX's checker: {str(e).splitlines()[0][:300]}") from None
+    _atomic_save(model, out_path)
+    return build, out

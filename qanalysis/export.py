@@ -25,9 +25,9 @@ from onnx import helper
 
 from . import metrics as M
 from .baseline import engine_peak_memory, first_sample, time_calls
+from .engine import (build_dynamic_engine, build_fp16_engine, build_int8_engine, build_weight_only_engine, fp16_layers,
+                     run_session, session)
 from .graph import save_model
-from .engine import (attribute_to_layers, build_dynamic_engine, build_fp16_engine, build_int8_engine, fp16_layers,
-                     profile_nodes, run_session, session)
 from .errors import ExportError
 from .graph import prepare
 from .scheme import ActivationSpec, Config, Scheme
@@ -73,6 +73,7 @@ class ExportReport:
     speed: dict[str, Any] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)
     fix_notes: list[str] = field(default_factory=list)
+    weight_only: list[dict[str, Any]] = field(default_factory=list)  # MatMulNBits layers (engine.WeightOnlyLayer)
     timings_s: dict[str, float] = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)
 
@@ -238,10 +239,10 @@ def export(
     check_config(config, qg)
     timings["export_and_plan"] = time.perf_counter() - t
     t = time.perf_counter()
-    say(f"calibrating ({config.scheme.activations.calibration})" + (f" and applying {', '.join(config.fixes)}" if config.fixes else ""))
+    say(f"calibrating ({'weight-only' if config.scheme.weight_only else config.scheme.act.calibration})" + (f" and applying {', '.join(config.fixes)}" if config.fixes else ""))
     scheme = config.scheme
     if mode == "dynamic":
-        scheme = Scheme(weights=scheme.weights, activations=ActivationSpec(**{**scheme.activations.__dict__, "dynamic": True}))
+        scheme = Scheme(weights=scheme.weights, activations=ActivationSpec(**{**scheme.act.__dict__, "dynamic": True}))
     sim_config = Config(scheme=scheme, layers=config.layers, fixes=config.fixes)
     original = qg
     sim, _, fix_notes, _ = prepare_simulator(wl, qg, sim_config, progress=say)
@@ -262,8 +263,12 @@ def export(
     os.replace(tmp, fp32_path)
     t = time.perf_counter()
     say(f"building the {mode} engine")
-    build = None
-    if mode == "int8":
+    build, wo_layers = None, []
+    weight_only = mode == "int8" and any(sim.layer_format(sim_config, l).kind == "w" for l in qg.layers)
+    if weight_only:  # MatMulNBits for the weight-only layers (QDQ for the static ones, if any)
+        eng_path = out / "model_int8.onnx"
+        build, wo_layers = build_weight_only_engine(qg, sim, plan, eng_path, wl.calibration[0])
+    elif mode == "int8":
         eng_path = out / "model_int8.onnx"
         build = build_int8_engine(qg, sim, plan, eng_path, wl.calibration[0])
     elif mode == "dynamic":
@@ -284,7 +289,7 @@ def export(
     engine_metric, _ = _metric(wl, lambda x: run_session(eng_sess, x))
     sim_metric = _simulated(wl, sim, plan)
     checks: list[LayerCheck] = []
-    if mode == "int8" and check_layers:
+    if mode == "int8" and check_layers and (build is not None):
         say("comparing the engine's layer outputs with the simulation")
         checks = layer_checks(wl, sim, plan, eng_path)
     timings["verification"] = time.perf_counter() - t
@@ -306,7 +311,7 @@ def export(
     timings["timing"] = time.perf_counter() - t
     float_layers = [l.name for l in qg.layers if sim.weight_bits(sim_config, l) is None]
     rep = ExportReport(
-        mode=mode,
+        mode="weight-only" if weight_only and build is None else ("int8+weight-only" if weight_only else mode),
         fp32_metric=torch_metric,
         fp32_onnx_metric=onnx_metric,
         engine_metric=engine_metric,
@@ -328,6 +333,7 @@ def export(
         speed=speed,
         config=sim_config.to_dict(),
         fix_notes=fix_notes,
+        weight_only=[asdict(w) for w in wo_layers],
         timings_s=timings,
         files={"fp32": fp32_path.name, "engine": eng_path.name},
     )

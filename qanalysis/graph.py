@@ -175,7 +175,7 @@ def ort_quant_types(scheme: Scheme) -> dict:
     """The quantize_static arguments that give ORT's default engine for a scheme."""
     from onnxruntime.quantization import QuantType
 
-    a, w = scheme.activations, scheme.weights
+    a, w = scheme.act, scheme.weights
     return dict(
         per_channel=w.granularity != "per_tensor",
         activation_type=QuantType.QInt8 if a.symmetric else QuantType.QUInt8,
@@ -487,7 +487,7 @@ def _disk_cache(workload: Workload, scheme: Scheme) -> Path | None:
     for t in workload.calibration[0]:
         h.update(str((tuple(t.shape[1:]), str(t.dtype))).encode())
     # the trailing number is the entry format (4: with a manifest of checksums)
-    h.update(repr((scheme.activations.symmetric, scheme.weights.symmetric, scheme.weights.granularity == "per_tensor",
+    h.update(repr((scheme.act.symmetric, scheme.weights.symmetric, scheme.weights.granularity == "per_tensor",
                    torch.__version__, onnx.__version__, onnxruntime.__version__, OPSET, 4)).encode())  # fmt: skip
     return Path(root) / h.hexdigest()[:24]
 
@@ -623,7 +623,7 @@ def prepare(workload: Workload, scheme: Scheme | None = None, workdir: Path | No
     that uses it (or at exit, Ctrl-C included). A damaged disk-cache entry is rebuilt and the
     rebuild is said on ``progress`` (default: the ``qanalysis`` logger)."""
     scheme = scheme or Scheme()
-    key = (id(workload), id(workload.model), scheme.activations.symmetric, scheme.weights.symmetric,
+    key = (id(workload), id(workload.model), scheme.act.symmetric, scheme.weights.symmetric,
            scheme.weights.granularity == "per_tensor")  # fmt: skip
     hit = _CACHE.get(key)
     if hit is not None:

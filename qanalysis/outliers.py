@@ -133,7 +133,7 @@ def preview(
         return _only_metric(wl, other, only_plan(other, config, layer))
     if fix == "percentile":
         other = Simulator(sim.qg, stats, sim.scheme)
-        spec = ActivationSpec(**{**sim.scheme.activations.__dict__, "calibration": "percentile"})
+        spec = ActivationSpec(**{**sim.scheme.act.__dict__, "calibration": "percentile"})
         for _, t in layer.act_inputs:
             owner = sim.qg.act_owner.get(t, t)
             if owner in stats and stats[owner].hist is not None:
@@ -173,7 +173,7 @@ def quantized_label(sim: Simulator, config: Config, layer: Layer) -> str:
     """What quantizing ``layer`` means under ``config``, as the only-this-layer run does it:
     "int8" for 8-bit weights and activations, otherwise e.g. "W3A8"."""
     w = sim.weight_bits(config, layer) or sim.scheme.weights.bits
-    a = sim.scheme.activations
+    a = sim.scheme.act
     a_bits = a.bits if a is not None else None
     if w == 8 and a_bits == 8:
         return "int8"
@@ -264,7 +264,7 @@ def recommend(
                     gains[FIX_LABELS[fix]] = fix_metric[fix] - sens.int8_metric
         if sim.scheme.weights.granularity == "per_tensor" and layer.weights:
             gains["per-channel weights"] = preview(wl, sim, config, layer, "per_channel", stats) - r.metric_only
-        if layer.act_inputs and not sim.scheme.activations.dynamic:
+        if layer.act_inputs and not sim.scheme.act.dynamic:
             gains["percentile clipping of its input"] = preview(wl, sim, config, layer, "percentile", stats) - r.metric_only
         best = max(gains, key=lambda k: gains[k])
         if _helps(gains[best], floor):
@@ -344,7 +344,7 @@ def distribution(sim: Simulator, stats: dict[str, TensorStats], layer_name: str,
         s, z = float(qp.scale), int(qp.zero_point)
         rmin, rmax = (qp.qrange.qmin - z) * s, (qp.qrange.qmax - z) * s
         grid = [(q - z) * s for q in range(qp.qrange.qmin, qp.qrange.qmax + 1)]
-        note = f"{sim.scheme.activations.bits}-bit, {sim.scheme.activations.calibration} calibration, scale {s:.4g}, zero point {z}"
+        note = f"{sim.scheme.act.bits}-bit, {sim.scheme.act.calibration} calibration, scale {s:.4g}, zero point {z}"
         name = t
     _, med, _ = _flag(layer_name, tensor, am, 0.0) if am.numel() > 1 else ([], 0.0, 0.0)
     flagged = [int(i) for i in torch.nonzero(am / med >= OUTLIER_RATIO).reshape(-1).tolist()] if med else []

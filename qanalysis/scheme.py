@@ -24,10 +24,15 @@ import torch
 from .errors import ConfigError
 
 Granularity = Literal["per_tensor", "per_channel"] | int
-Precision = Literal["int8", "int4", "fp16", "fp32"]
+Precision = Literal["int8", "int4", "w8", "w4", "fp16", "fp32"]
 CalibrationMethod = Literal["minmax", "percentile", "entropy", "mse"]
 
-PRECISIONS: tuple[str, ...] = ("int8", "int4", "fp16", "fp32")
+PRECISIONS: tuple[str, ...] = ("int8", "int4", "w8", "w4", "fp16", "fp32")
+WEIGHT_ONLY: dict[str, int] = {"w8": 8, "w4": 4}  # weight-only precisions → weight bits
+# The block size of a per-layer "w8"/"w4" in a scheme whose weights are not group-wise (the
+# default per-channel int8 scheme): ONNX Runtime's MatMulNBits needs one; 32 is a common choice.
+DEFAULT_BLOCK = 32
+BLOCK_SIZES: tuple[int, ...] = (16, 32, 64, 128, 256)  # MatMulNBits: a power of two ≥ 16
 CALIBRATIONS: tuple[str, ...] = ("minmax", "percentile", "entropy", "mse")
 
 
@@ -93,11 +98,41 @@ class ActivationSpec:
 
 @dataclass(frozen=True, kw_only=True)
 class Scheme:
+    """``activations=None`` is a weight-only scheme: MatMul/Gemm weights quantized group-wise
+    (ONNX Runtime's ``MatMulNBits``), activations float, every other layer float."""
+
     weights: WeightSpec = field(default_factory=WeightSpec)
-    activations: ActivationSpec = field(default_factory=ActivationSpec)
+    activations: ActivationSpec | None = field(default_factory=ActivationSpec)
+
+    def __post_init__(self) -> None:
+        if self.activations is None:
+            w = self.weights
+            if not 2 <= w.bits <= 8:
+                raise ConfigError(f"a weight-only scheme (activations null) needs 2..8-bit weights, got {w.bits}")
+            if w.granularity not in BLOCK_SIZES:
+                raise ConfigError(
+                    "a weight-only scheme (activations null) needs a group size among "
+                    f"{', '.join(map(str, BLOCK_SIZES))} (ONNX Runtime's MatMulNBits blocks), got {w.granularity!r}"
+                )
+
+    @property
+    def weight_only(self) -> bool:
+        return self.activations is None
+
+    @property
+    def act(self) -> ActivationSpec:
+        """The activation grid of statically quantized layers; a weight-only scheme's per-layer
+        "int8"/"int4" layers use the default grid (uint8, min-max)."""
+        return self.activations if self.activations is not None else ActivationSpec()
+
+    def block_size(self) -> int:
+        """The MatMulNBits block of weight-only layers: the scheme's group size, else DEFAULT_BLOCK."""
+        g = self.weights.granularity
+        return g if isinstance(g, int) and g in BLOCK_SIZES else DEFAULT_BLOCK
 
     def to_dict(self) -> dict[str, Any]:
-        return {"weights": asdict(self.weights), "activations": asdict(self.activations)}
+        acts = None if self.activations is None else asdict(self.activations)
+        return {"weights": asdict(self.weights), "activations": acts}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None) -> "Scheme":
@@ -105,14 +140,15 @@ class Scheme:
         unknown = set(d) - {"weights", "activations"}
         if unknown:
             raise ConfigError(f"unknown scheme key(s) {sorted(unknown)}; expected 'weights', 'activations'")
-        return cls(
-            weights=_build(WeightSpec, d.get("weights"), "scheme.weights"),
-            activations=_build(ActivationSpec, d.get("activations"), "scheme.activations"),
-        )
+        # a missing "activations" is the default; an explicit null is weight-only
+        acts = None if "activations" in d and d["activations"] is None else _build(ActivationSpec, d.get("activations"), "scheme.activations")
+        return cls(weights=_build(WeightSpec, d.get("weights"), "scheme.weights"), activations=acts)
 
     def label(self) -> str:
         w, a = self.weights, self.activations
         g = lambda x: x if isinstance(x, str) else f"group{x}"  # noqa: E731
+        if a is None:
+            return f"W{w.bits}{'s' if w.symmetric else 'a'}-{g(w.granularity)} weight-only"
         act = "dynamic" if a.dynamic else a.calibration
         return (
             f"W{w.bits}{'s' if w.symmetric else 'a'}-{g(w.granularity)} "

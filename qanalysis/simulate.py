@@ -10,7 +10,13 @@ Quantization is a property of *edges* (a tensor as read by one node) and of weig
   quantized layer (or the graph output) reads the result: that is the Q/DQ pair the
   producer's int8 kernel emits;
 * weights are fake-quantized with the scheme's weight spec, biases to int32 with scale
-  s_x·s_w, exactly as ``quantize_static`` writes them.
+  s_x·s_w, exactly as ``quantize_static`` writes them;
+* a *weight-only* layer (``"w8"``/``"w4"``, or every MatMul/Gemm of a scheme with
+  ``activations: null``) reads float inputs and float bias, and its weight W[K, N] is
+  quantized in blocks along K exactly as ONNX Runtime's ``MatMulNBits`` quantizer (MLAS's
+  ``BlockwiseQuantizer``) does — see ``block_quantize``. The engine runs MatMulNBits at
+  ``accuracy_level`` 0 (float32 compute: dequantize, then an fp32 GEMM), so the simulation
+  computes x · Ŵ in float32 with Ŵ = (q − z)·s.
 
 Under the default scheme and an all-int8 config this reproduces the Q/DQ placement of
 ORT's own ``quantize_static`` QDQ model (read in ``graph.read_plan``), which is what lets
@@ -26,7 +32,8 @@ import torch
 
 from .calibrate import TensorStats, calibration_range
 from .graph import Layer, QuantGraph
-from .scheme import Config, QParams, QRange, Scheme, WeightSpec, compute_scale_zp
+from .errors import ConfigError
+from .scheme import WEIGHT_ONLY, Config, QParams, QRange, Scheme, WeightSpec, compute_scale_zp
 
 
 def broadcast_qparams(qp: QParams, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -74,6 +81,138 @@ def quantize_weight(w: torch.Tensor, spec: WeightSpec, axis: int | None, bits: i
     return deq.reshape(moved.shape).movedim(0, axis), qp
 
 
+# --------------------------------------------------------------------------- weight-only
+
+
+def roundf(x: torch.Tensor) -> torch.Tensor:
+    """C's ``roundf``: round half away from zero (MLAS), unlike torch.round's half to even."""
+    r = torch.round(x)
+    t = torch.trunc(x)
+    tie = (x - t).abs() == 0.5
+    return torch.where(tie, t + torch.sign(x), r)
+
+
+@dataclass(frozen=True)
+class BlockQuant:
+    """A MatMul weight W[K, N] quantized in blocks of ``block`` rows along K per column n, as
+    ``MatMulNBits`` stores it: W[k, n] ≈ s[n, k // block] · (q[n, k] − z[n, k // block]).
+
+    ``q``: [N, K] uint8 in [0, 2^bits − 1]; ``scale``: [N, ⌈K/block⌉] float32;
+    ``zero_point``: same shape, uint8 (2^(bits−1) for a symmetric scheme, which stores none)."""
+
+    q: torch.Tensor
+    scale: torch.Tensor
+    zero_point: torch.Tensor
+    bits: int
+    block: int
+    symmetric: bool
+
+    @property
+    def k(self) -> int:
+        return int(self.q.shape[1])
+
+    def dequant(self) -> torch.Tensor:
+        """Ŵ[K, N] = (q − z) · s in float32, MLAS's dequantization."""
+        idx = torch.arange(self.k) // self.block
+        s = self.scale[:, idx]
+        z = self.zero_point[:, idx].float()
+        return ((self.q.float() - z) * s).t().contiguous()
+
+    def qparams(self) -> QParams:
+        """The block grid as QParams (``group`` = block; scale/zero point [N, blocks])."""
+        return QParams(self.scale, self.zero_point.long(), QRange(0, 2**self.bits - 1), axis=None, group=self.block)
+
+    def packed(self) -> tuple:
+        """(B, scales, zero_points) as MatMulNBits' initializers: B [N, blocks, block·bits/8]
+        uint8 (low nibble first), scales [N·blocks] … (numpy arrays; zero points None when symmetric)."""
+        import numpy as np
+
+        n, k = self.q.shape
+        nb = self.scale.shape[1]
+        q = torch.nn.functional.pad(self.q, (0, nb * self.block - k)).reshape(n, nb, self.block).numpy().astype(np.uint8)
+        if self.bits == 8:
+            b = q
+        elif self.bits == 4:
+            b = (q[..., 0::2] & 0xF) | ((q[..., 1::2] & 0xF) << 4)
+        else:
+            raise ConfigError(f"MatMulNBits engines are built for 4- and 8-bit weights, not {self.bits}-bit")
+        scales = self.scale.numpy().astype(np.float32)
+        zp = None
+        if not self.symmetric:
+            z = self.zero_point.numpy().astype(np.uint8)
+            if self.bits == 4:
+                if nb % 2:
+                    z = np.pad(z, ((0, 0), (0, 1)), constant_values=8)  # MLAS fills the spare nibble with 8
+                z = (z[:, 0::2] & 0xF) | ((z[:, 1::2] & 0xF) << 4)
+            zp = z.astype(np.uint8)
+        return b.astype(np.uint8), scales, zp
+
+
+def block_qparams(w_kn: torch.Tensor, bits: int, block: int, symmetric: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """MLAS's block ranges (float32 throughout; K padded with zeros to whole blocks):
+    symmetric: m = max if |max| > |min| else min, s = m / −2^(bits−1), z = 2^(bits−1);
+    asymmetric: s = (max(max, 0) − min(min, 0)) / (2^bits − 1), z = roundf(−min/s) clamped."""
+    w = w_kn.detach().float().t()  # [N, K]
+    n, k = w.shape
+    nb = -(-k // block)
+    g = torch.nn.functional.pad(w, (0, nb * block - k)).reshape(n, nb, block)
+    mn, mx = g.amin(2), g.amax(2)
+    kmax = float(2**bits - 1)
+    if symmetric:
+        m = torch.where(mx.abs() > mn.abs(), mx, mn)
+        s = m / torch.tensor(-float(2 ** (bits - 1)))
+        z = torch.full_like(s, float(2 ** (bits - 1)))
+    else:
+        mn, mx = torch.clamp(mn, max=0.0), torch.clamp(mx, min=0.0)
+        s = (mx - mn) / torch.tensor(kmax)
+        zf = torch.where(s != 0, torch.tensor(0.0) - mn / torch.where(s != 0, s, torch.ones_like(s)), mn)
+        z = torch.clamp(roundf(zf), 0.0, kmax)
+    return s.float(), z.to(torch.uint8)
+
+
+def block_quantize(w_kn: torch.Tensor, bits: int, block: int, symmetric: bool, qparams: QParams | None = None) -> BlockQuant:
+    """q = clamp(roundf(w · (1/s) + z), 0, 2^bits − 1) in float32, per block of K (MLAS; the
+    reciprocal is rounded to float32 first, and s = 0 gives q = z). ``qparams``: a block grid
+    given by a fix (GPTQ), reused exactly instead of the weight's own ranges."""
+    if qparams is not None:
+        s, z = qparams.scale.float(), qparams.zero_point.to(torch.uint8)
+    else:
+        s, z = block_qparams(w_kn, bits, block, symmetric)
+    w = w_kn.detach().float().t()  # [N, K]
+    idx = torch.arange(w.shape[1]) // block
+    se, ze = s[:, idx], z[:, idx].float()
+    recip = torch.where(se != 0, torch.tensor(1.0) / torch.where(se != 0, se, torch.ones_like(se)), torch.zeros_like(se))
+    q = torch.clamp(roundf(w * recip + ze), 0.0, float(2**bits - 1)).to(torch.uint8)
+    return BlockQuant(q, s, z, bits, block, symmetric)
+
+
+def weight_only_layout(qg: QuantGraph, layer: Layer) -> str | None:
+    """How a layer's weight reads as MatMulNBits' W[K, N]: "kn" (MatMul x·W, Gemm transB=0),
+    "nk" (Gemm transB=1: W stored [N, K]), or None when ORT has no weight-only kernel for it
+    (Conv, a MatMul of two activations, Gemm with transA/alpha/beta)."""
+    prog = qg.program
+    n = prog.nodes[layer.node]
+    if len(n.inputs) < 2 or n.inputs[1] not in prog.initializers or prog.initializers[n.inputs[1]].dim() != 2:
+        return None
+    if n.op == "MatMul":
+        return "kn"
+    if n.op == "Gemm":
+        a = n.attrs
+        if a.get("transA", 0) or float(a.get("alpha", 1.0)) != 1.0 or float(a.get("beta", 1.0)) != 1.0:
+            return None
+        return "nk" if a.get("transB", 0) else "kn"
+    return None
+
+
+@dataclass(frozen=True)
+class LayerFormat:
+    """How a config runs one layer: "int" (weights and input activations, QDQ), "w" (weights
+    only, MatMulNBits), "fp16" or "fp32"; ``bits`` of the weights (None for float)."""
+
+    kind: str
+    bits: int | None = None
+
+
 def dynamic_fake_quant(x: torch.Tensor, bits: int, symmetric: bool) -> torch.Tensor:
     """Dynamic activations: (s, z) from each sample's own min/max at run time."""
     qr = QRange.for_bits(bits, symmetric)
@@ -111,7 +250,9 @@ class Simulator:
         self._wqp: dict[tuple, QParams] = {}
         self.overrides: dict[str, tuple[float, float]] = {}  # tensor → forced [rmin, rmax]
         self.weight_overrides: dict[str, torch.Tensor] = {}  # initializer → replaced float value
-        self.weight_qparams_override: dict[str, QParams] = {}  # initializer → exact (s, z) (AdaRound)
+        self.weight_qparams_override: dict[str, QParams] = {}  # initializer → exact (s, z) (AdaRound, GPTQ)
+        self._layout: dict[int, str | None] = {}
+        self._bq: dict[tuple[str, int], BlockQuant] = {}
         layer_nodes = set(qg.by_node)
         self._origin: dict[str, Layer | None] = {}
         self._reach: dict[int, tuple[set[int], bool]] = {}
@@ -152,18 +293,52 @@ class Simulator:
         self._origin[tensor] = res
         return res
 
-    def weight_bits(self, config: Config, layer: Layer) -> int | None:
+    def layout(self, layer: Layer) -> str | None:
+        if layer.node not in self._layout:
+            self._layout[layer.node] = weight_only_layout(self.qg, layer)
+        return self._layout[layer.node]
+
+    def layer_format(self, config: Config, layer: Layer, bits: int | None = None) -> LayerFormat:
+        """The layer's format under ``config``; ``bits`` forces it quantized at those bits (in
+        the weight-only format where its precision or the scheme says so). A weight-only
+        precision on a layer ORT has no weight-only kernel for (Conv, the bias Add of a
+        Linear named by its module) leaves that layer float."""
         p = config.layers.get(layer.name)
         if p is None and layer.module:  # "blocks.0.attn.qkv" also covers its bias Add
             p = config.layers.get(layer.module)
+        wo = self.scheme.weight_only
+        if bits is not None:
+            if p in WEIGHT_ONLY or (wo and p not in ("int8", "int4")):
+                return LayerFormat("w", bits) if self.layout(layer) else LayerFormat("fp32")
+            return LayerFormat("int", bits)
         if p is None:
-            return self.scheme.weights.bits
-        return {"int8": 8, "int4": 4}.get(p)
+            if wo:
+                return LayerFormat("w", self.scheme.weights.bits) if self.layout(layer) else LayerFormat("fp32")
+            return LayerFormat("int", self.scheme.weights.bits)
+        if p in ("int8", "int4"):
+            return LayerFormat("int", 8 if p == "int8" else 4)
+        if p in WEIGHT_ONLY:
+            return LayerFormat("w", WEIGHT_ONLY[p]) if self.layout(layer) else LayerFormat("fp32")
+        return LayerFormat(p)
+
+    def weight_bits(self, config: Config, layer: Layer) -> int | None:
+        """The layer's weight bits (statically or weight-only quantized), None when float."""
+        return self.layer_format(config, layer).bits
+
+    def is_static(self, config: Config, layer: Layer) -> bool:
+        """Quantized in the QDQ engine (weights and input activations)."""
+        return self.layer_format(config, layer).kind == "int"
+
+    def block_quant(self, plan: SimPlan, name: str) -> BlockQuant:
+        """The MatMulNBits weight of initializer ``name`` under ``plan`` (a weight-only layer's)."""
+        key = plan.weights[name]
+        self._weight(key)
+        return self._bq[(name, key[2])]
 
     # ------------------------------------------------------------------ qparams
     def act_qparams(self, tensor: str) -> QParams | None:
         owner = self.qg.act_owner.get(tensor, tensor)
-        a = self.scheme.activations
+        a = self.scheme.act
         key = (owner, a.bits, a.symmetric, a.calibration, a.percentile, self.overrides.get(owner))
         if key not in self._act:
             st = self.stats.get(owner)
@@ -189,7 +364,8 @@ class Simulator:
         kind = key[0]
         if kind == "w":
             _, name, bits = key
-            if name in self.weight_qparams_override and bits == self.scheme.weights.bits:
+            over = self.weight_qparams_override.get(name)
+            if over is not None and over.group is None and bits == self.scheme.weights.bits:
                 qp = self.weight_qparams_override[name]
                 wq = fake_quant(self._float_weight(name), qp)
             else:
@@ -212,10 +388,19 @@ class Simulator:
                     v = torch.round(b / bs) * bs
         elif kind == "c":  # a constant quantized like an activation: its own range, the activation grid
             c = self._float_weight(key[1])
-            a = self.scheme.activations
+            a = self.scheme.act
             qr = QRange.for_bits(a.bits, a.symmetric)
             s, z = compute_scale_zp(c.min(), c.max(), qr, a.symmetric)
             v = fake_quant(c, QParams(s, z, qr))
+        elif kind == "wo":  # weight-only: MatMulNBits blocks along K
+            _, name, bits, block, sym, layout = key
+            w = self._float_weight(name)
+            qp = self.weight_qparams_override.get(name)
+            if qp is not None and (qp.group != block or qp.qrange.qmax != 2**bits - 1):
+                qp = None  # a grid for another format (AdaRound's int8, another block)
+            bq = block_quantize(w if layout == "kn" else w.t(), bits, block, sym, qp)
+            self._bq[(name, bits)] = bq
+            v = bq.dequant() if layout == "kn" else bq.dequant().t().contiguous()
         elif kind == "fp16":
             v = self._float_weight(key[1]).half().float()
         else:  # pragma: no cover
@@ -227,11 +412,13 @@ class Simulator:
     def plan(self, config: Config, *, bits: Mapping[str, int] | None = None) -> SimPlan:
         """``bits``: weight bits of named layers, before the config's precisions (sensitivity's
         one-layer runs: a layer at the scheme's bits even where a module key says "fp32")."""
-        a = self.scheme.activations
+        a = self.scheme.act
         plan = SimPlan(config)
-        prec = {l.name: (bits or {}).get(l.name) or self.weight_bits(config, l) for l in self.qg.layers}
+        fmt = {l.name: self.layer_format(config, l, (bits or {}).get(l.name)) for l in self.qg.layers}
+        prec = {n: f.bits if f.kind == "int" else None for n, f in fmt.items()}
         is_int = {l.node: prec[l.name] is not None for l in self.qg.layers}
-        fp16 = {l.node: (config.layers.get(l.name) or config.layers.get(l.module)) == "fp16" for l in self.qg.layers}
+        fp16 = {l.node: fmt[l.name].kind == "fp16" for l in self.qg.layers}
+        block = self.scheme.block_size()
 
         def act_key(tensor: str) -> Hashable:
             if a.dynamic:
@@ -259,6 +446,10 @@ class Simulator:
                     plan.outputs[t] = k
         for l in self.qg.layers:
             bits = prec[l.name]
+            if fmt[l.name].kind == "w":  # weight-only: the weight alone, bias and constants float
+                for _, w in l.weights:
+                    plan.weights[w] = ("wo", w, fmt[l.name].bits, block, self.scheme.weights.symmetric, self.layout(l))
+                continue
             for _, w in l.weights:
                 if bits is not None:
                     plan.weights[w] = ("w", w, bits)

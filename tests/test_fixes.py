@@ -68,9 +68,9 @@ def float_outputs(qg, wl) -> torch.Tensor:
 
 
 def test_registry_order_and_descriptions():
-    assert list_fixes() == ["cle", "smoothquant", "bias_correction", "adaround", "qat"]
+    assert list_fixes() == ["rtn", "cle", "awq", "smoothquant", "bias_correction", "gptq", "adaround", "qat"]
     assert all(FIXES[f].description for f in list_fixes())
-    assert [f for f in list_fixes() if FIXES[f].preserves_fp32] == ["cle", "smoothquant"]
+    assert [f for f in list_fixes() if FIXES[f].preserves_fp32] == ["rtn", "cle", "awq", "smoothquant"]
 
 
 # --------------------------------------------------------------------------- CLE

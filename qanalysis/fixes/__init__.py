@@ -92,7 +92,7 @@ def _load() -> None:
     """Import the fix modules (each registers itself); missing ones are simply absent."""
     import importlib
 
-    for mod in ("cle", "smoothquant", "bias_correction", "adaround", "qat"):
+    for mod in ("cle", "smoothquant", "awq", "gptq", "bias_correction", "adaround", "qat"):
         try:
             importlib.import_module(f"{__name__}.{mod}")
         except ModuleNotFoundError as e:

@@ -170,7 +170,7 @@ def calibration_error(ctx, new: Mapping[str, torch.Tensor], reference: list[torc
     from ..calibrate import collect_stats
 
     qg = graph_with(ctx.qg, new) if new else ctx.qg
-    a = ctx.scheme.activations
+    a = ctx.scheme.act
     stats = collect_stats(qg.program, ctx.workload.calibration, qg.quantized_tensors,
                           histograms=a.calibration != "minmax" and not a.dynamic)  # fmt: skip
     sim = Simulator(qg, stats, ctx.scheme)

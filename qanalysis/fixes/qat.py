@@ -54,7 +54,7 @@ class _QATModel:
     def __init__(self, sim: Simulator, plan, params: dict[str, torch.nn.Parameter]):
         self.sim, self.plan, self.params = sim, plan, params
         self.prog = sim.prog
-        a = sim.scheme.activations
+        a = sim.scheme.act
         self.qr = QRange.for_bits(a.bits, a.symmetric)
         # fixed grids, as plain (not inference-mode) tensors so autograd can save them
         self.act: dict[str, QParams] = {}
@@ -107,7 +107,7 @@ class _QATModel:
             if key[0] == "fp16":
                 out[name] = _straight(w, w.detach().half().float())
             elif key[0] == "c":  # a constant ORT quantizes like an activation (own range)
-                a = scheme.activations
+                a = scheme.act
                 qr = QRange.for_bits(a.bits, a.symmetric)
                 s_, z_ = compute_scale_zp(w.detach().min(), w.detach().max(), qr, a.symmetric)
                 out[name] = _straight(w, fake_quant(w.detach(), QParams(s_, z_, qr)))
@@ -226,7 +226,7 @@ def qat(ctx: FixContext) -> FixResult:
             if MAX_STEPS is not None and steps >= MAX_STEPS:
                 break
     ranges = {}
-    a = ctx.scheme.activations
+    a = ctx.scheme.act
     if not a.dynamic:
         for owner in sorted(set(qg.act_owner.values())):
             st = ctx.stats.get(owner)

@@ -162,7 +162,7 @@ class _Objective:
             xs = [x / sb for x in self.xs]
         lo = min(float(x.min()) for x in xs)
         hi = max(float(x.max()) for x in xs)
-        a = sch.activations
+        a = sch.act
         qr = QRange.for_bits(a.bits, a.symmetric)
         sc, z = compute_scale_zp(torch.tensor(lo), torch.tensor(hi), qr, a.symmetric)
         qp = QParams(sc.double(), z, qr)
