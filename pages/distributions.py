@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import streamlit as st
 
-from pages._shared import (
-    FOCUS_LAYER,
-    analysis_key,
+from pages._core import (
     current_analysis,
     frames,
+    tensor_distribution,
+)
+from pages._state import (
+    FOCUS_LAYER,
+    analysis_key,
+)
+from pages._widgets import (
     page_header,
     ranked_layers,
     table,
-    tensor_distribution,
 )
 from qanalysis import figures
 from qanalysis.errors import QAnalysisError

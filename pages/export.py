@@ -9,17 +9,21 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from pages._shared import (
+from pages._core import (
+    artifacts,
+    build_export,
+    deploy_analysis,
+    exported,
+)
+from pages._state import (
     DATA,
     EXPORT_MODE,
     SOURCE,
     analysis_key,
-    artifacts,
-    build_export,
     config_with_float_layers,
-    deploy_analysis,
     deploy_config_json,
-    exported,
+)
+from pages._widgets import (
     fmt_ms,
     human_bytes,
     page_header,

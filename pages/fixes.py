@@ -10,14 +10,18 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from pages._shared import (
+from pages._core import (
+    current_analysis,
+    frames,
+    summary,
+)
+from pages._state import (
     FIXES,
     analysis_key,
-    current_analysis,
     fixes_config_json,
-    frames,
+)
+from pages._widgets import (
     page_header,
-    summary,
     table,
 )
 from qanalysis.analysis import Analysis

@@ -5,19 +5,23 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-from pages._shared import (
-    analysis_key,
+from pages._core import (
     baseline,
     current_analysis,
-    fmt_ms,
     frames,
+    simulate_all_fp32,
+    simulate_float,
+    summary,
+)
+from pages._state import (
+    analysis_key,
+)
+from pages._widgets import (
+    fmt_ms,
     human_bytes,
     page_header,
     ranked_layers,
     short_name,
-    simulate_all_fp32,
-    simulate_float,
-    summary,
     table,
     verdict_banner,
     warnings_banner,

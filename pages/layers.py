@@ -7,12 +7,16 @@ import math
 import pandas as pd
 import streamlit as st
 
-from pages._shared import (
+from pages._core import (
+    current_analysis,
+    frames,
+)
+from pages._state import (
     FLOAT_LAYERS,
     FOCUS_LAYER,
     analysis_key,
-    current_analysis,
-    frames,
+)
+from pages._widgets import (
     page_header,
     ranked_layers,
     table,

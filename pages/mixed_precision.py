@@ -8,23 +8,27 @@ import json
 import pandas as pd
 import streamlit as st
 
-from pages._pareto import layer_set, layers_label, pareto_figure
-from pages._shared import (
-    FLOAT_LAYERS,
-    SEARCH,
-    analysis_key,
+from pages._core import (
     deploy_analysis,
-    deploy_config_json,
-    float_layers,
     frames,
-    human_bytes,
-    page_header,
     run_search,
     simulate_all_fp32,
     simulate_float,
+)
+from pages._state import (
+    FLOAT_LAYERS,
+    SEARCH,
+    analysis_key,
+    deploy_config_json,
+    float_layers,
+)
+from pages._widgets import (
+    human_bytes,
+    page_header,
     table,
     verdict_banner,
 )
+from qanalysis import figures
 from qanalysis.analysis import verdict
 from qanalysis.errors import QAnalysisError
 
@@ -113,7 +117,7 @@ if res is not None:
     chosen_layers = res.chosen.float_layers()
     current = frozenset(float_layers(a))
     kept = (
-        f"{layers_label(';'.join(chosen_layers), sep=', ')} in FP16"
+        f"{figures.layers_label(';'.join(chosen_layers), sep=', ')} in FP16"
         if chosen_layers
         else "all INT8"
     )
@@ -213,11 +217,11 @@ if res is not None:
     }
     left, right = st.columns(2)
     left.plotly_chart(
-        pareto_figure(df, "latency", measured_latency_ms=measured, **fig_args),
+        figures.pareto_figure(df, "latency", measured_latency_ms=measured, **fig_args),
         key="pareto_latency_chart",
     )
-    right.plotly_chart(pareto_figure(df, "size", **fig_args), key="pareto_size_chart")
-    mine = df["float_layers"].map(layer_set) == current
+    right.plotly_chart(figures.pareto_figure(df, "size", **fig_args), key="pareto_size_chart")
+    mine = df["float_layers"].map(figures.layer_set) == current
     st.caption(
         "Every evaluated config is a point (hover for its layers, drop and cost); the front is connected; "
         "the star is the chosen config"

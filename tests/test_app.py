@@ -22,7 +22,7 @@ PLANTED = str(
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from pages import _shared  # the same module (and caches) the app imports
+from pages import _core, _state  # the same modules (and caches) the app imports
 from qanalysis.fixes import list_fixes
 
 PAGES = [
@@ -40,7 +40,7 @@ def _router_mode(monkeypatch: pytest.MonkeyPatch) -> None:
     """AppTest re-detects Streamlit's legacy ``pages/`` mode before every run, and with a
     ``pages/`` folder beside app.py its reruns execute the page file alone, without app.py's
     sidebar. A real server leaves that mode for good once app.py calls st.navigation (and
-    pages/_shared.py sends a session that starts on a page through app.py), so tests do the same."""
+    pages/_state.init_state sends a session that starts on a page through app.py), so tests do the same."""
     from streamlit.runtime.pages_manager import PagesManager
 
     init = PagesManager.__init__
@@ -64,8 +64,8 @@ def start(model: str | None = None) -> AppTest:
 def analysis_of(at: AppTest):
     """The Analysis the app shows (a cache hit: same key, same process)."""
     ss = at.session_state
-    return _shared.cached_analysis(
-        ss["source"], ss["data"], ss["config_json"], _shared._stamp(ss["source"])
+    return _core.cached_analysis(
+        ss["source"], ss["data"], ss["config_json"], _state.stamp(ss["source"])
     )
 
 
@@ -88,7 +88,7 @@ def metric(at: AppTest, label_start: str) -> str:
 def test_first_load_runs_the_default_sample() -> None:
     at = start()
     a = analysis_of(at)
-    assert at.session_state["source"] == _shared.default_source() == "sample:digits_cnn"
+    assert at.session_state["source"] == _state.default_source() == "sample:digits_cnn"
     assert "digits_cnn" in at.title[0].value
     banner = texts(at.success) + texts(at.warning) + texts(at.error)
     assert f"Verdict: {a.verdict}" in banner
@@ -268,7 +268,7 @@ def test_search_use_config_then_export_the_engine() -> None:
     at.button(key="w_search").click().run()
     assert not at.exception, at.exception
     a = analysis_of(at)
-    res = _shared.cached_search(tuple(at.session_state["search"]["key"]), 1.0, "latency", a)
+    res = _core.cached_search(tuple(at.session_state["search"]["key"]), 1.0, "latency", a)
     assert res.chosen.float_layers() == ["conv2.conv"]  # the planted outliers, nothing else
     assert "**Chosen config:** conv2.conv in FP16" in texts(at.success)
     assert int(metric(at, "Configs evaluated")) == res.n_evaluations >= 2
@@ -309,8 +309,8 @@ def test_search_use_config_then_export_the_engine() -> None:
     assert abs(engine - sim) <= 0.3
     assert abs(sim - simulated) <= 1e-6 + 0.005  # the page's simulation is the export's
     ss = at.session_state
-    built = _shared.cached_export(
-        ss["source"], ss["data"], _shared._stamp(ss["source"]), at.code[0].value, "int8"
+    built = _core.cached_export(
+        ss["source"], ss["data"], _state.stamp(ss["source"]), at.code[0].value, "int8"
     )
     assert built.report.float_layers == ["conv2.conv"] == at.session_state["float_layers"]
     assert "`conv2.conv`" in texts(at.markdown)
