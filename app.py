@@ -184,6 +184,7 @@ with st.sidebar:
 note = st.session_state.pop(URL_NOTE, None)
 if note:
     st.warning(f"From the link: {note}.", icon=":material/link:")
+write_url(page.url_path)  # what the callbacks of this rerun changed (a page may end in st.stop())
 try:
     if rejected:
         # Only the new input's error: the page (and any error of the model shown before) waits
@@ -195,4 +196,4 @@ try:
     else:
         page.run()
 finally:
-    write_url(page.url_path)  # after the page: it may have changed the focus, layers or mode
+    write_url(page.url_path)  # and what the page itself settled (e.g. the focus it opened on)

@@ -87,7 +87,7 @@ def table(
             **{
                 c: st.column_config.TextColumn(c, width=_name_width(df[c], c))
                 for c in NAME_COLUMNS
-                if c in df.columns and df[c].dtype == object
+                if c in df.columns and not pd.api.types.is_numeric_dtype(df[c])
             },
             **(column_config or {}),
         },

@@ -94,8 +94,9 @@ def histogram(centers: list[float], counts: list[float], rmin: float | None, rma
     return fig
 
 
-def channel_ranges(absmax: list[float], flagged: list[int], title: str = "") -> go.Figure:
-    colors = ["#d62728" if i in set(flagged) else "#1f77b4" for i in range(len(absmax))]
+def channel_ranges(absmax: list[float], flagged: list[int], title: str = "", selected: int | None = None) -> go.Figure:
+    """Per-channel absmax bars: outlier channels in red, the ``selected`` channel in black."""
+    colors = ["#111111" if i == selected else "#d62728" if i in set(flagged) else "#1f77b4" for i in range(len(absmax))]
     fig = go.Figure(go.Bar(x=list(range(len(absmax))), y=absmax, marker_color=colors))
     fig.update_layout(title=title or "Per-channel absmax (outliers in red)", xaxis_title="channel", yaxis_title="absmax",
                       **{**_LAYOUT, "margin": dict(l=60, r=20, t=50, b=60)})  # fmt: skip
