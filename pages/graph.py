@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections import Counter
 
 import streamlit as st
 
@@ -36,11 +37,18 @@ if ss["w_graph_depth"] not in depths:
 if ss.get("w_graph_expand") is None:
     ss["w_graph_expand"] = []
 
+SHORT = {
+    "metric_drop": "drop, this layer alone",
+    "metric_drop_all_but": "recovered in float",
+    "output_sqnr_db": "layer-output SQNR",
+    "e2e_sqnr_db": "model-output SQNR",
+    "depth_sqnr_db": "error growth (SQNR in full INT8)",
+}
 c1, c2, c3 = st.columns([2, 2, 3])
 measure = c1.selectbox(
     "Colour by",
     list(MEASURES),
-    format_func=lambda m: MEASURES[m][0],
+    format_func=lambda m: SHORT.get(m, m),
     key="w_graph_measure",
     help="red is worse: a larger drop, or a lower SQNR",
 )
@@ -93,7 +101,9 @@ def _clicked() -> None:
         ss[FOCUS_LAYER] = unit
 
 
-fig = figures.graph_figure(units, edges, pos, measure, focus=focus_unit)
+# as tall as the widest generation needs: a plain chain is one row, not half a screen
+widest = max(Counter(round(x, 6) for x, _ in pos.values()).values())
+fig = figures.graph_figure(units, edges, pos, measure, focus=focus_unit, height=min(680, 200 + 55 * widest))
 st.plotly_chart(
     fig,
     key="graph_chart",
