@@ -115,7 +115,7 @@ with right:
         figures.channel_ranges(
             d.channel_absmax,
             d.flagged,
-            title=f"Per-channel absmax ({flagged}; channel {ss['w_dist_channel']} in black)",
+            title=f"Per-channel absmax ({flagged}; the picked channel black)",
             selected=ss["w_dist_channel"],
         ),
         key="channels_chart",

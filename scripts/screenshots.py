@@ -75,6 +75,10 @@ def act(page, title: str) -> None:
         # Group by top-level module and open the module holding the planted outliers (conv2).
         page.get_by_text("Or pick the layer here").wait_for(timeout=60_000)
         page.locator('[data-testid="stPlotlyChart"] .main-svg').first.wait_for(timeout=60_000)
+    elif title == "Distributions":
+        # a weight channel against its own per-channel grid (the page opens on the activation)
+        page.get_by_text("weight", exact=True).first.click()
+        page.get_by_text("Channel SQNR").wait_for(timeout=60_000)
     elif title == "Layer error":
         # Keep the most sensitive layer (the one the page opens on) in FP16.
         page.get_by_role("button", name="Keep in FP16").click()
