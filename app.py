@@ -8,25 +8,9 @@ first bundled sample runs with the default scheme (ONNX Runtime's ``quantize_sta
 defaults), so results are on screen within seconds. Pages live in ``pages/`` and only
 call the core through the cached helpers in ``pages/_shared.py``.
 
-Session-state keys shared across pages (everything else is widget state, ``w_*``):
-
-``source``        the committed MODEL string: ``sample:NAME``, ``torchvision:ARCH[@W.pt]``
-                  or a spec file path (what ``qanalysis analyze MODEL`` takes).
-``data``          the image folder for torchvision models, else ``None``.
-``config_json``   the committed config (scheme only, no per-layer overrides) as JSON;
-                  with ``source`` and ``data`` it keys the cached analysis.
-``float_layers``  layer names kept in FP16, chosen on the Mixed precision page (or from a
-                  layer's details); the Export page builds the config JSON from it.
-                  Cleared when another workload is run.
-``focus_layer``   the layer last opened on the Layer error page; the Distributions page
-                  opens on it.
-``fixes``         fix names applied on the Fixes page (``[]``: plain PTQ). The Mixed
-                  precision and Export pages work on the scheme plus these fixes.
-                  Cleared when another workload is run.
-
-Page state kept across page switches: ``search`` (the last search run on the Mixed
-precision page: analysis key, max drop, objective; its result is cached) and
-``export_mode`` (int8 / dynamic / fp16 on the Export page).
+Session-state keys and the URL parameters that restore them are documented in
+``pages/_state.py``; the cached core calls are in ``pages/_core.py``, the shared widgets in
+``pages/_widgets.py``.
 """
 
 from __future__ import annotations
@@ -41,52 +25,42 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import streamlit as st
 
-from pages._shared import (
+from pages._state import (
     CONFIG_JSON,
     DATA,
     DEEP_LINK,
     FIXES,
-    FLOAT_LAYERS,
     FOCUS_LAYER,
+    GRANULARITIES,
+    KINDS,
+    LOADED_CONFIG,
     ROUTED,
     SOURCE,
+    URL_NOTE,
+    clear_layer_choices,
     current_config,
     default_source,
     init_state,
+    pending,
+    read_url,
+    write_url,
 )
+from pages._widgets import favicon
 from qanalysis.errors import QAnalysisError
-from qanalysis.scheme import CALIBRATIONS, ActivationSpec, Config, Scheme, WeightSpec
+from qanalysis.scheme import CALIBRATIONS
 from qanalysis.workload import list_samples
 
-st.set_page_config(page_title="qanalysis", page_icon=":material/query_stats:", layout="wide")
-
-
-def _init_from_query() -> None:
-    """A new session may open on another workload: ``?model=sample:digits_vit`` (``&data=DIR``)."""
-    ss, q = st.session_state, st.query_params
-    if SOURCE in ss or not q.get("model"):
-        return
-    source, data = q["model"], q.get("data") or None
-    ss[SOURCE], ss[DATA] = source, data
-    if source.startswith("sample:"):
-        name = source.removeprefix("sample:")
-        if name in list_samples():  # an unknown name: the page shows the loader's error
-            ss.update(w_kind="Sample", w_sample=name)
-    elif source.startswith("torchvision:"):
-        arch, _, weights = source.removeprefix("torchvision:").partition("@")
-        ss.update(w_kind="torchvision", w_arch=arch, w_weights=weights, w_data=data or "")
-    else:
-        ss.update(w_kind="Spec", w_spec=source)
-
+st.set_page_config(page_title="qanalysis", page_icon=favicon(), layout="wide")
 
 st.session_state[ROUTED] = True
-_init_from_query()
+read_url()
 init_state()
 
 PAGES = {
     "Analysis": [
         st.Page("pages/home.py", title="Summary", icon=":material/dashboard:", default=True),
         st.Page("pages/layers.py", title="Layer error", icon=":material/stacked_bar_chart:"),
+        st.Page("pages/graph.py", title="Graph", icon=":material/account_tree:"),
         st.Page("pages/distributions.py", title="Distributions", icon=":material/bar_chart:"),
     ],
     "Deploy": [
@@ -100,64 +74,25 @@ _link = st.session_state.pop(DEEP_LINK, None)
 if _link and _link != page.url_path:
     _target = next((p for ps in PAGES.values() for p in ps if p.url_path == _link), None)
     if _target is not None:
-        st.switch_page(_target)
-
-KINDS = ("Sample", "torchvision", "Spec")
-GRANULARITIES = ("per_channel", "per_tensor", "group")
-
-
-def _pending() -> tuple[str, str | None, str]:
-    """(source, data, config JSON) from the sidebar widgets; raises QAnalysisError if invalid."""
-    ss = st.session_state
-    kind = ss.get("w_kind", KINDS[0])
-    data = None
-    if kind == "Sample":
-        source = f"sample:{ss.get('w_sample') or list_samples()[0]}"
-    elif kind == "torchvision":
-        arch = (ss.get("w_arch") or "").strip()
-        if not arch:
-            raise QAnalysisError("enter a torchvision architecture, e.g. resnet18")
-        weights = (ss.get("w_weights") or "").strip()
-        source = f"torchvision:{arch}" + (f"@{weights}" if weights else "")
-        data = (ss.get("w_data") or "").strip() or None
-        if data is None:
-            raise QAnalysisError(
-                "torchvision models need an image folder (one sub-folder per class)"
-            )
-    else:
-        source = (ss.get("w_spec") or "").strip()
-        if not source:
-            raise QAnalysisError("enter the path to a spec file (*.py)")
-    gran = ss.get("w_wgran", "per_channel")
-    weights_spec = WeightSpec(
-        bits=int(ss.get("w_wbits", 8)),
-        symmetric=bool(ss.get("w_wsym", True)),
-        granularity=int(ss.get("w_wgroup", 32)) if gran == "group" else gran,
-    )
-    dynamic = ss.get("w_amode", "static") == "dynamic"
-    act_spec = ActivationSpec(
-        bits=int(ss.get("w_abits", 8)),
-        symmetric=bool(ss.get("w_asym", False)),
-        calibration="minmax" if dynamic else ss.get("w_acal", "minmax"),
-        dynamic=dynamic,
-        percentile=float(ss.get("w_apct", 99.99)),
-    )
-    return source, data, Config(scheme=Scheme(weights=weights_spec, activations=act_spec)).to_json()
+        st.switch_page(_target, query_params=st.query_params.to_dict())
 
 
 def _run() -> None:
     ss = st.session_state
     try:
-        source, data, config_json = _pending()
+        source, data, config_json = pending()
     except QAnalysisError as e:
         ss["w_error"] = str(e)
         return
     ss.pop("w_error", None)
     if (source, data) != (ss[SOURCE], ss[DATA]):
-        ss[FLOAT_LAYERS] = []
+        clear_layer_choices()
         ss[FOCUS_LAYER] = None
         ss[FIXES] = []
+        ss[LOADED_CONFIG] = None
     ss[SOURCE], ss[DATA], ss[CONFIG_JSON] = source, data, config_json
+
+
 
 
 with st.sidebar:
@@ -192,7 +127,7 @@ with st.sidebar:
 
     with st.expander("Quantization scheme", icon=":material/tune:"):
         st.caption("Weights")
-        c1, c2 = st.columns(2)
+        c1, c2 = st.columns([1, 2])  # the granularity names need the room ("per_channel")
         c1.selectbox("bits", (8, 4), key="w_wbits")
         c2.selectbox("granularity", GRANULARITIES, key="w_wgran")
         if st.session_state.get("w_wgran") == "group":
@@ -229,16 +164,16 @@ with st.sidebar:
         width="stretch",
         key="w_run",
     )
-    error = st.session_state.pop("w_error", None)  # shown once, right after the click
-    if error:
-        st.error(error)
+    rejected = st.session_state.pop("w_error", None)  # shown once, right after the click
+    if rejected:
+        st.error(rejected)
     else:
         try:
-            pending = _pending()
+            chosen = pending()
         except QAnalysisError:
-            pending = None
+            chosen = None
         ss = st.session_state
-        if pending is not None and pending != (ss[SOURCE], ss[DATA], ss[CONFIG_JSON]):
+        if chosen is not None and chosen != (ss[SOURCE], ss[DATA], ss[CONFIG_JSON]):
             st.caption(":orange[Settings changed: press **Run analysis** to apply them.]")
     fixes = st.session_state[FIXES]
     st.caption(
@@ -246,4 +181,19 @@ with st.sidebar:
         + (f" · fixes: {', '.join(fixes)}" if fixes else "")
     )
 
-page.run()
+note = st.session_state.pop(URL_NOTE, None)
+if note:
+    st.warning(f"From the link: {note}.", icon=":material/link:")
+write_url(page.url_path)  # what the callbacks of this rerun changed (a page may end in st.stop())
+try:
+    if rejected:
+        # Only the new input's error: the page (and any error of the model shown before) waits
+        # until the sidebar holds something that runs.
+        st.info(
+            "Nothing was run: correct the input in the sidebar and press **Run analysis**.",
+            icon=":material/arrow_back:",
+        )
+    else:
+        page.run()
+finally:
+    write_url(page.url_path)  # and what the page itself settled (e.g. the focus it opened on)

@@ -9,17 +9,24 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from pages._shared import (
-    DATA,
-    EXPORT_MODE,
-    SOURCE,
-    analysis_key,
+from pages._core import (
     artifacts,
     build_export,
-    config_with_float_layers,
+    current_analysis,
     deploy_analysis,
-    deploy_config_json,
     exported,
+)
+from pages._state import (
+    DATA,
+    EXPORT_MODE,
+    LOADED_CONFIG,
+    SOURCE,
+    analysis_key,
+    config_with_float_layers,
+    deploy_config_json,
+)
+from pages._widgets import (
+    config_loader,
     fmt_ms,
     human_bytes,
     page_header,
@@ -47,21 +54,27 @@ page_header("Export", a)
 
 config = config_with_float_layers(a)
 config_json = config.to_json()
-kept = config.float_layers()
+kept = config.float_layers()  # fp16 and fp32: what the engine keeps in float
 
 left, right = st.columns([3, 2])
 with left:
     st.subheader("Config")
+    others = {n: p for n, p in config.layers.items() if p != "fp16"}
+    fp16 = [n for n, p in config.layers.items() if p == "fp16"]
     st.markdown(
-        f"**{len(kept)} layer(s) kept in FP16:** {', '.join(f'`{n}`' for n in kept)}"
-        if kept
-        else "**All layers in INT8.** Pick layers to keep in FP16 on the Mixed precision page "
-        "(by hand or from the search) or with *Keep in FP16* on the Layer error page."
+        f"**{len(fp16)} layer(s) kept in FP16:** {', '.join(f'`{n}`' for n in fp16)}"
+        if fp16
+        else "**No layer kept in FP16.** Pick layers on the Mixed precision page (by hand or from the "
+        "search), with *Keep in FP16* on the Layer error or Graph page, or load a config.json below."
     )
+    if others:
+        st.markdown(
+            "**Other per-layer precisions** (from the loaded config): "
+            + ", ".join(f"`{n}` {p}" for n, p in others.items())
+        )
     st.caption(
-        f"Fixes: **{', '.join(config.fixes)}** (Fixes page)."
-        if config.fixes
-        else "No fixes (choose them on the Fixes page)."
+        (f"Fixes: **{', '.join(config.fixes)}** (Fixes page)." if config.fixes else "No fixes (choose them on the Fixes page).")
+        + (f" Loaded from **{ss[LOADED_CONFIG]}**." if ss.get(LOADED_CONFIG) else "")
     )
     st.code(config_json, language="json")
     st.download_button(
@@ -73,13 +86,27 @@ with left:
         on_click="ignore",
         icon=":material/download:",
     )
+    config_loader(a)
 with right:
     st.subheader("Analysis files")
-    st.caption(
-        "What `qanalysis analyze` writes for this workload, scheme and fixes (all layers in INT8)."
-    )
+    if config.layers:
+        # the chosen config itself, per-layer precisions included: its own analysis (cached)
+        chosen = current_analysis(config_json)
+        chosen_key = analysis_key(config_json)
+        st.caption(
+            "What `qanalysis analyze --config config.json` writes for this config: "
+            f"{len(config.layers)} per-layer precision(s), the rest at {config.scheme.label()}"
+            + (f", fixes {', '.join(config.fixes)}" if config.fixes else "")
+            + f" (simulated {a.workload.metric_name} {chosen.int8_metric:.2f}, drop {chosen.drop:.2f})."
+        )
+    else:
+        chosen, chosen_key = a, key
+        st.caption(
+            "What `qanalysis analyze --config config.json` writes for this config: every layer at "
+            f"{config.scheme.label()}" + (f", fixes {', '.join(config.fixes)}" if config.fixes else "") + "."
+        )
     with st.container(horizontal=True):
-        for name, data in artifacts(key, a).items():
+        for name, data in artifacts(chosen_key, chosen).items():
             ext = name[name.rfind(".") :]
             st.download_button(
                 name,

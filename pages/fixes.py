@@ -10,14 +10,18 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from pages._shared import (
+from pages._core import (
+    current_analysis,
+    frames,
+    summary,
+)
+from pages._state import (
     FIXES,
     analysis_key,
-    current_analysis,
     fixes_config_json,
-    frames,
+)
+from pages._widgets import (
     page_header,
-    summary,
     table,
 )
 from qanalysis.analysis import Analysis
@@ -136,14 +140,16 @@ else:
             f"PTQ {metric_name}",
             f"{a.int8_metric:.2f}",
             border=True,
-            delta=f"{-a.drop:+.2f} points",
+            delta=None if round(a.drop, 2) == 0 else f"{-a.drop:+.2f} points",
             delta_color="normal",
         )
         c[2].metric(
             label,
             f"{fa.int8_metric:.2f}",
             border=True,
-            delta=f"{fa.int8_metric - a.int8_metric:+.2f} vs PTQ",
+            delta=None
+            if round(fa.int8_metric - a.int8_metric, 2) == 0
+            else f"{fa.int8_metric - a.int8_metric:+.2f} vs PTQ",
         )
         c[3].metric(
             "Drop with the fixes", f"{fa.drop:.2f}", border=True, help=f"verdict: {fa.verdict}"
@@ -153,13 +159,14 @@ else:
             """``s`` is the config's summary; None for FP32 (against itself: no drop, no flip)."""
             worst = (s or {}).get("per_class_worst") or {}
             classification = a.per_class is not None
+            lost = worst.get("delta", 0.0) < -1e-9  # a class that lost accuracy, else no "worst class"
             return {
                 "config": name,
                 "metric": metric,
                 "drop": drop,
                 "verdict": "" if s is None else s["verdict"],
-                "worst class": worst.get("class", ""),
-                "worst class Δ": worst.get("delta", 0.0 if classification else None),
+                "worst class": worst.get("class", "") if lost else ("none lost accuracy" if classification and s else ""),
+                "worst class Δ": worst.get("delta") if lost else (0.0 if classification else None),
                 "flipped": (s or {}).get("n_flipped", 0 if classification else None),
             }
 
@@ -170,6 +177,8 @@ else:
                 row(label, fa.int8_metric, fa.drop, s1),
             ]
         )
+        if a.per_class is None:  # classes and flips mean nothing for regression or retrieval
+            compared = compared.drop(columns=["worst class", "worst class Δ", "flipped"])
         st.markdown("**FP32 / PTQ / PTQ + fixes**")
         table(
             compared,

@@ -5,19 +5,24 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-from pages._shared import (
-    analysis_key,
+from pages._core import (
     baseline,
     current_analysis,
-    fmt_ms,
     frames,
+    simulate_all_fp32,
+    simulate_float,
+    summary,
+    task,
+)
+from pages._state import (
+    analysis_key,
+)
+from pages._widgets import (
+    fmt_ms,
     human_bytes,
     page_header,
     ranked_layers,
     short_name,
-    simulate_all_fp32,
-    simulate_float,
-    summary,
     table,
     verdict_banner,
     warnings_banner,
@@ -83,14 +88,37 @@ c[2].metric(
     help="FP32 metric minus the fully quantized metric",
 )
 if iv.n_boot:
-    c[2].caption(f"95% CI {iv.low:.2f} to {iv.high:.2f}" + (f" · one sample = {100 / wl.n_eval:.2f}" if wl.task == "classification" else ""))
-flipped = None if f["flips"] is None else len(f["flips"])
-c[3].metric(
-    "Flipped predictions",
-    "n/a" if flipped is None else f"{flipped} / {wl.n_eval}",
-    border=True,
-    help="evaluation samples whose predicted class changes under INT8 (classification only)",
-)
+    c[2].caption(
+        f"95% CI {iv.low:.2f} to {iv.high:.2f}"
+        + (f" · one sample = {100 / wl.n_eval:.2f}" if wl.task == "classification" else "")
+    )
+if wl.task == "classification":
+    flipped = 0 if f["flips"] is None else len(f["flips"])
+    c[3].metric(
+        "Flipped predictions",
+        f"{flipped} / {wl.n_eval}",
+        border=True,
+        help="evaluation samples whose predicted class changes under INT8",
+    )
+else:
+    tv = task(key, a)
+    if wl.task == "regression":
+        moved = tv.samples["int8_minus_fp32"].abs()
+        c[3].metric(
+            "Mean |INT8 − FP32| prediction",
+            f"{moved.mean():.3g}",
+            border=True,
+            help=f"over the {wl.n_eval} evaluation samples; largest {moved.max():.3g}",
+        )
+    else:
+        err = tv.samples["output_rel_error"]
+        c[3].metric(
+            "Median output error",
+            f"{err.median():.2%}",
+            border=True,
+            help="‖INT8 − FP32‖ / ‖FP32‖ per sample (output row); "
+            f"worst sample {err.max():.2%}",
+        )
 
 # Sizes and latencies come from the FP32 baseline, timed after the rest of the page is on
 # screen (first load): this row is filled at the end of the script.
@@ -111,14 +139,55 @@ st.page_link(
 
 st.subheader("Who pays for the drop")
 per_class, flips = f["per_class"], f["flips"]
-if per_class is None:
-    st.info(
-        f"Per-class deltas and flipped predictions apply to classification workloads; this one is {wl.task}."
+if wl.task == "regression":
+    tv = task(key, a)
+    left, right = st.columns(2)
+    scalar = "target" in tv.samples.columns
+    if scalar:
+        left.plotly_chart(figures.prediction_scatter(tv.samples, wl.metric_name), key="prediction_chart")
+    right.plotly_chart(figures.error_histogram(tv.samples), key="residual_chart")
+    st.caption(f"{tv.note}. {wl.metric_name}: FP32 {a.fp32_metric:.3f}, INT8 {a.int8_metric:.3f}.")
+    worst = tv.samples.reindex(tv.samples["int8_minus_fp32"].abs().sort_values(ascending=False).index)
+    with st.expander("Samples, most changed by quantization first"):
+        table(worst, "samples", height=260)
+elif wl.task != "classification" or per_class is None:
+    tv = task(key, a)
+    st.caption(
+        f"This workload's metric is its own ({wl.metric_name}, computed on all outputs at once), so there are "
+        "no classes or flipped predictions: each evaluation sample's output is compared with FP32 instead."
     )
+    left, right = st.columns([3, 2])
+    left.plotly_chart(figures.sample_errors(tv.samples, wl.metric_name), key="sample_errors_chart")
+    with right:
+        restored = tv.samples["metric_restored"]
+        hurt = int((restored > 0).sum())
+        st.markdown(
+            f"**{hurt} sample(s) cost {wl.metric_name}**: restoring that one sample's output to FP32 raises the "
+            "metric." if hurt else f"**No single sample's error costs {wl.metric_name}** (among the worst "
+            f"{int(restored.notna().sum())} checked)."
+        )
+        worst = tv.samples.sort_values(["metric_restored", "output_rel_error"], ascending=False)
+        table(
+            worst,
+            "samples",
+            height=260,
+            column_config={
+                "output_rel_error": st.column_config.NumberColumn("output error", format="%.2e"),
+                "output_cosine": st.column_config.NumberColumn("cosine to FP32", format="%.5f"),
+                "metric_restored": st.column_config.NumberColumn(f"{wl.metric_name} restored", format="%+.3f"),
+            },
+        )
+    st.caption(tv.note + ".")
 else:
     left, right = st.columns([3, 2])
     with left:
-        st.plotly_chart(figures.per_class_bars(per_class), key="per_class_chart")
+        if (per_class["delta"].abs() < 1e-9).all():
+            st.success(
+                f"Every class keeps its FP32 accuracy under INT8 ({len(per_class)} classes).",
+                icon=":material/check_circle:",
+            )
+        else:
+            st.plotly_chart(figures.per_class_bars(per_class), key="per_class_chart")
         with st.expander("Per-class table"):
             table(per_class, "per_class")
     with right:
@@ -133,10 +202,13 @@ else:
             )
         else:
             st.markdown(f"**{len(flips)} flipped predictions** (FP32 → INT8)")
+            mark = {True: "✓", False: "✗"}
             shown = flips.assign(
                 target=flips["target"].map(label),
                 fp32_pred=flips["fp32_pred"].map(label),
                 int8_pred=flips["int8_pred"].map(label),
+                fp32_correct=flips["fp32_correct"].map(mark),
+                int8_correct=flips["int8_correct"].map(mark),
             )
             table(shown, "flips", height=260)
             if is_image_workload(wl):

@@ -7,12 +7,16 @@ import math
 import pandas as pd
 import streamlit as st
 
-from pages._shared import (
+from pages._core import (
+    current_analysis,
+    frames,
+)
+from pages._state import (
     FLOAT_LAYERS,
     FOCUS_LAYER,
     analysis_key,
-    current_analysis,
-    frames,
+)
+from pages._widgets import (
     page_header,
     ranked_layers,
     table,
@@ -39,7 +43,16 @@ st.caption(
 
 tabs = st.tabs(["Sensitivity", "SQNR", "Error through depth", "Proxy vs truth"])
 with tabs[0]:
-    st.plotly_chart(figures.sensitivity_bars(layers), key="sensitivity_chart")
+    moved = layers[["metric_drop", "metric_drop_all_but"]].abs().max().max()
+    if not moved > 1e-9:  # an all-zero bar chart reads as a broken chart
+        st.success(
+            f"No layer changes the metric: quantizing any one layer alone, or keeping any one layer in float, "
+            f"leaves {a.workload.metric_name} unchanged on the {a.workload.n_eval} evaluation samples. "
+            "The SQNR and depth tabs show where the (harmless) error is.",
+            icon=":material/check_circle:",
+        )
+    else:
+        st.plotly_chart(figures.sensitivity_bars(layers), key="sensitivity_chart")
 with tabs[1]:
     st.plotly_chart(figures.sqnr_lines(layers), key="sqnr_chart")
     st.caption(
@@ -50,7 +63,7 @@ with tabs[2]:
 with tabs[3]:
     left, right = st.columns([3, 2])
     proxy = right.selectbox("Proxy", list(PROXIES), format_func=PROXIES.get, key="w_proxy")
-    left.plotly_chart(figures.proxy_scatter(layers, proxy), key="proxy_chart")
+    left.plotly_chart(figures.proxy_scatter(layers, proxy, PROXIES[proxy]), key="proxy_chart")
     corr = a.sens.proxy_correlation  # what summary() reports, without its library-version imports
     rows = [
         {
@@ -81,7 +94,11 @@ st.caption("Click a row (or pick below) to see a layer's details.")
 def _pick_row() -> None:
     rows = st.session_state["layers_table"].selection.rows
     if rows:
-        st.session_state["w_layer"] = names[rows[0]]
+        st.session_state["w_layer"] = st.session_state[FOCUS_LAYER] = names[rows[0]]
+
+
+def _focus() -> None:
+    st.session_state[FOCUS_LAYER] = st.session_state["w_layer"]
 
 
 table(
@@ -94,12 +111,9 @@ table(
 )
 
 st.subheader("Layer details")
-focus = st.session_state.get(FOCUS_LAYER)
-if st.session_state.get("w_layer") not in names:
-    st.session_state["w_layer"] = (
-        focus if focus in names else ranked_layers(layers)["layer"].iloc[0]
-    )
-name = st.selectbox("Layer", names, key="w_layer")
+focus = st.session_state.get(FOCUS_LAYER)  # shared with the graph and the Distributions page
+st.session_state["w_layer"] = focus if focus in names else ranked_layers(layers)["layer"].iloc[0]
+name = st.selectbox("Layer", names, key="w_layer", on_change=_focus)
 st.session_state[FOCUS_LAYER] = name
 row = layers.set_index("layer").loc[name]
 

@@ -8,23 +8,31 @@ import json
 import pandas as pd
 import streamlit as st
 
-from pages._pareto import layer_set, layers_label, pareto_figure
-from pages._shared import (
-    FLOAT_LAYERS,
-    SEARCH,
-    analysis_key,
+from pages._core import (
     deploy_analysis,
-    deploy_config_json,
-    float_layers,
     frames,
-    human_bytes,
-    page_header,
     run_search,
+    simulate,
     simulate_all_fp32,
     simulate_float,
+)
+from pages._state import (
+    FLOAT_LAYERS,
+    LAYER_PRECISIONS,
+    SEARCH,
+    analysis_key,
+    deploy_config_json,
+    float_layers,
+    layer_precisions,
+)
+from pages._widgets import (
+    config_loader,
+    human_bytes,
+    page_header,
     table,
     verdict_banner,
 )
+from qanalysis import figures
 from qanalysis.analysis import verdict
 from qanalysis.errors import QAnalysisError
 
@@ -113,7 +121,7 @@ if res is not None:
     chosen_layers = res.chosen.float_layers()
     current = frozenset(float_layers(a))
     kept = (
-        f"{layers_label(';'.join(chosen_layers), sep=', ')} in FP16"
+        f"{figures.layers_label(';'.join(chosen_layers), sep=', ')} in FP16"
         if chosen_layers
         else "all INT8"
     )
@@ -132,9 +140,10 @@ if res is not None:
 
     def _use() -> None:
         ss[FLOAT_LAYERS] = [n for n in names if n in set(chosen_layers)]
+        ss[LAYER_PRECISIONS] = {}
 
     with st.container(horizontal=True, vertical_alignment="center"):
-        in_use = frozenset(chosen_layers) == current
+        in_use = frozenset(chosen_layers) == current and not ss.get(LAYER_PRECISIONS)
         st.button(
             "Use this config",
             icon=":material/check:",
@@ -213,11 +222,11 @@ if res is not None:
     }
     left, right = st.columns(2)
     left.plotly_chart(
-        pareto_figure(df, "latency", measured_latency_ms=measured, **fig_args),
+        figures.pareto_figure(df, "latency", measured_latency_ms=measured, **fig_args),
         key="pareto_latency_chart",
     )
-    right.plotly_chart(pareto_figure(df, "size", **fig_args), key="pareto_size_chart")
-    mine = df["float_layers"].map(layer_set) == current
+    right.plotly_chart(figures.pareto_figure(df, "size", **fig_args), key="pareto_size_chart")
+    mine = df["float_layers"].map(figures.layer_set) == current
     st.caption(
         "Every evaluated config is a point (hover for its layers, drop and cost); the front is connected; "
         "the star is the chosen config"
@@ -234,7 +243,11 @@ if res is not None:
 # --------------------------------------------------------------------------- by hand
 
 st.subheader("Your config: layers kept in FP16")
-st.caption("What the Export page builds. Pick layers by hand, or use the searched config above.")
+st.caption(
+    "What the Export page builds. Pick layers by hand, use the searched config above, or load a config.json."
+)
+with st.expander("Load a config.json", icon=":material/upload_file:", expanded=bool(ss.get("_config_message"))):
+    config_loader(a)
 recommended = layers.loc[layers["recommendation"].str.startswith("keep in FP16"), "layer"].tolist()
 ss["w_float_layers"] = float_layers(a)
 c1, c2 = st.columns([5, 2], vertical_alignment="bottom")
@@ -255,13 +268,21 @@ if buttons.button(
 ):
     ss[FLOAT_LAYERS] = [n for n in names if n in set(float_layers(a)) | set(recommended)]
     st.rerun()
-if buttons.button("Clear", icon=":material/clear:", disabled=not float_layers(a), key="w_clear"):
+if buttons.button("Clear", icon=":material/clear:", disabled=not layer_precisions(a), key="w_clear"):
     ss[FLOAT_LAYERS] = []
+    ss[LAYER_PRECISIONS] = {}
     st.rerun()
+others = {n: p for n, p in layer_precisions(a).items() if p != "fp16"}
+if others:
+    st.caption(
+        "Also from the loaded config: " + ", ".join(f"`{n}` {p}" for n, p in others.items())
+        + " (**Clear** removes them)."
+    )
 
 chosen = float_layers(a)
+changed = bool(layer_precisions(a))
 all_int8 = simulate_float(key, [], a)
-res_hand = simulate_float(key, chosen, a)
+res_hand = simulate(key, tuple(sorted(layer_precisions(a).items())), a)
 fp32 = simulate_all_fp32(key, a)
 
 verdict_banner(verdict(res_hand.drop), res_hand.drop, prefix="This config")
@@ -271,7 +292,7 @@ c[0].metric(
     f"{metric_name}, simulated",
     f"{res_hand.metric:.2f}",
     border=True,
-    delta=None if not chosen else f"{gained:+.2f} vs all INT8",
+    delta=None if not changed else f"{gained:+.2f} vs all INT8",
 )
 c[1].metric("Drop vs FP32 (points)", f"{res_hand.drop:.2f}", border=True)
 c[2].metric(
@@ -279,8 +300,8 @@ c[2].metric(
     human_bytes(res_hand.weight_bytes),
     delta_color="inverse",
     delta=None
-    if not chosen
-    else f"+{human_bytes(res_hand.weight_bytes - all_int8.weight_bytes)} vs all INT8",
+    if not changed
+    else f"{'+' if res_hand.weight_bytes >= all_int8.weight_bytes else '−'}{human_bytes(abs(res_hand.weight_bytes - all_int8.weight_bytes))} vs all INT8",
     border=True,
     help=f"FP32 weights: {human_bytes(fp32.weight_bytes)}",
 )

@@ -293,7 +293,7 @@ def _analyze(args: argparse.Namespace) -> int:
 
 def _search(args: argparse.Namespace) -> int:
     from .analysis import analyze
-    from .report import write_csv, write_json
+    from .report import write_search
     from .scheme import Config
     from .search import search
     from .workload import load_workload
@@ -308,9 +308,7 @@ def _search(args: argparse.Namespace) -> int:
         for w in a.warnings:
             print(f"warning: {w}", file=sys.stderr)
         res = search(a, args.max_drop, objective=args.objective, progress=say, allow_int4=args.int4)
-        write_csv(res.frame(), out / "pareto.csv")
-        write_json(res.summary(), out / "search.json")
-        write_json(res.chosen.to_dict(), out / "config.json")
+        write_search(res, a, out)  # pareto.csv, search.json, config.json, report.html
     s = res.summary()
     chosen = res.evaluated[res.chosen_id]
     print(f"{wl.name}: FP32 {a.fp32_metric:.2f}, all-INT8 drop {a.drop:.2f}{_ci((a.drop_interval.low, a.drop_interval.high))}"

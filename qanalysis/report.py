@@ -56,7 +56,11 @@ def write_text(text: str, path: Path) -> Path:
 
 
 def _table(df: pd.DataFrame, max_rows: int = 200) -> str:
-    return df.head(max_rows).to_html(index=False, float_format=lambda v: f"{v:.4g}", border=0, classes="t")
+    """Readable column names (the dashboard's), empty cells for missing values, scrolling when wide."""
+    shown = df.head(max_rows).rename(columns=lambda c: figures.COLUMN_LABELS.get(c, str(c).replace("_", " ")))
+    body = shown.to_html(index=False, float_format=lambda v: f"{v:.4g}", border=0, classes="t", na_rep="")
+    return f'<div class="scroll">{body}</div>'
+
 
 
 def html_report(title: str, cards: dict[str, str], figs: list, tables: dict[str, pd.DataFrame], notes: list[str] = ()) -> str:
@@ -74,7 +78,8 @@ def html_report(title: str, cards: dict[str, str], figs: list, tables: dict[str,
     style = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1300px}
 .cards{display:flex;gap:1em;flex-wrap:wrap}.card{border:1px solid #ddd;border-radius:8px;padding:.6em 1em}
 .k{color:#666;font-size:.85em}.v{font-size:1.3em;font-weight:600}
-table.t{border-collapse:collapse;font-size:.85em}table.t td,table.t th{padding:2px 8px;border-bottom:1px solid #eee}"""
+table.t{border-collapse:collapse;font-size:.85em}table.t td,table.t th{padding:2px 8px;border-bottom:1px solid #eee}
+.scroll{overflow-x:auto;max-width:100%}table.t td{max-width:32em;overflow-wrap:anywhere}"""
     return f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{style}</style></head><body>{''.join(parts)}</body></html>"
 
 
@@ -126,4 +131,23 @@ def write_analysis(a, out: Path, repeats=None) -> list[Path]:
     page = html_report(f"qanalysis — {summary['model']}", analysis_cards(summary), figs, tables, notes)
     written.append(write_text(page, out / "report.html"))
     written.append(write_json(summary, out / "summary.json"))
+    return written
+
+
+def write_search(res, a, out: Path) -> list[Path]:
+    """pareto.csv, search.json, config.json and report.html (the dashboard's Pareto figures) of a
+    mixed-precision search ``res`` on the analysis ``a``."""
+    df = res.frame()
+    s = res.summary()
+    written = [write_csv(df, out / "pareto.csv"), write_json(s, out / "search.json"),
+               write_json(res.chosen.to_dict(), out / "config.json")]  # fmt: skip
+    args = {"metric_name": a.workload.metric_name, "fp32_metric": a.fp32_metric, "max_drop": s.get("max_drop", 0.0)}
+    figs = [figures.pareto_figure(df, "latency", measured_latency_ms=s.get("measured_latency_ms"), **args),
+            figures.pareto_figure(df, "size", **args)]  # fmt: skip
+    chosen = res.chosen.float_layers()
+    cards = {"FP32 metric": f"{a.fp32_metric:.2f}", "all-INT8 drop": f"{a.drop:.2f}",
+             "chosen: float layers": str(len(chosen)), "configs evaluated": str(len(df))}  # fmt: skip
+    notes = [f"Chosen config keeps {', '.join(chosen) or 'no layer'} in float.", *s.get("notes", [])]
+    page = html_report(f"qanalysis search — {a.workload.name}", cards, figs, {"Evaluated configs": df}, notes)
+    written.append(write_text(page, out / "report.html"))
     return written

@@ -257,7 +257,10 @@ def _check_default_metric(outputs: torch.Tensor, targets: torch.Tensor) -> None:
 
 def _infer_task(outputs: torch.Tensor, targets: torch.Tensor, default_metric: bool) -> Task:
     if outputs.dim() == 2 and outputs.shape[1] > 1 and targets.dim() == 1 and not targets.is_floating_point():
-        return "classification"
+        # with its own metric, integer targets are class ids only if each names an output column
+        # (a retrieval spec's targets are item ids: 48 queries, 8-d embeddings)
+        if default_metric or bool(((targets >= 0) & (targets < outputs.shape[1])).all()):
+            return "classification"
     if default_metric:
         return "classification"
     if targets.is_floating_point() and outputs.shape[0] == targets.shape[0] and outputs.numel() == targets.numel():

@@ -5,7 +5,8 @@ and rendered in headless Chromium (Debian's, no browser download).
 
 The default model is digits_cnn with planted outlier channels (tests/specs/planted_outliers.py):
 the bundled samples lose < 1 point in INT8, so their search and fixes pages have little to show.
-The script drives what a user would: keeps the most sensitive layer in FP16 (Layer error), runs
+The script drives what a user would: opens the model graph (Graph), keeps the most sensitive
+layer in FP16 (Layer error), runs
 the search and uses its config (Mixed precision), builds the INT8 engine (Export), then applies
 cross-layer equalization (Fixes, last, since fixes change what the other pages show).
 
@@ -17,29 +18,21 @@ from __future__ import annotations
 
 import argparse
 import io
-import shutil
-import socket
-import subprocess
 import sys
-import time
 import urllib.parse
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-quic",
-]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from scripts.chromium import chromium_path, free_port, launch, start_server, stop_server, wait_healthy  # noqa: E402
+
 # Sidebar link text → (file name, text shown once the page has rendered), in the order taken.
 PAGES = {
     "Summary": ("summary", "Run details"),  # the page's last element: its script has ended
     "Layer error": ("layer_error", "All layers"),
+    "Graph": ("graph", "Model graph"),
     "Distributions": ("distributions", "Outlier channels, all layers"),
     "Mixed precision": ("mixed_precision", "What keeping each layer in float recovers"),
     "Export": ("export", "Analysis files"),
@@ -48,25 +41,6 @@ PAGES = {
 DEFAULT_MODEL = "tests/specs/planted_outliers.py"  # relative: the server runs in ROOT
 WIDTH = 1400
 MAX_BYTES = 400_000
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"streamlit exited with {proc.returncode}")
-        try:
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2):
-                return
-        except OSError:
-            time.sleep(0.3)
-    raise SystemExit(f"streamlit did not answer on {url}")
 
 
 def shrink(png: bytes) -> bytes:
@@ -97,7 +71,15 @@ def full_height_screenshot(page) -> bytes:
 
 def act(page, title: str) -> None:
     """What a user does on the page before it is photographed."""
-    if title == "Layer error":
+    if title == "Graph":
+        # Group by top-level module and open the module holding the planted outliers (conv2).
+        page.get_by_text("Or pick the layer here").wait_for(timeout=60_000)
+        page.locator('[data-testid="stPlotlyChart"] .main-svg').first.wait_for(timeout=60_000)
+    elif title == "Distributions":
+        # a weight channel against its own per-channel grid (the page opens on the activation)
+        page.get_by_text("weight", exact=True).first.click()
+        page.get_by_text("Channel SQNR").wait_for(timeout=60_000)
+    elif title == "Layer error":
         # Keep the most sensitive layer (the one the page opens on) in FP16.
         page.get_by_role("button", name="Keep in FP16").click()
         page.get_by_role("button", name="Back to INT8").wait_for(timeout=60_000)
@@ -129,8 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "screenshots")
     args = ap.parse_args(argv)
-    exe = shutil.which("chromium") or "/usr/bin/chromium"
-    if not Path(exe).exists():
+    exe = chromium_path()
+    if exe is None:
         print("error: Chromium not found (apt-get install chromium)", file=sys.stderr)
         return 2
     from playwright.sync_api import sync_playwright
@@ -138,26 +120,11 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    cmd = [
-        sys.executable,
-        "-m",
-        "streamlit",
-        "run",
-        "app.py",
-        "--server.address",
-        "127.0.0.1",
-        "--server.port",
-        str(port),
-        "--server.headless",
-        "true",
-    ]
-    proc = subprocess.Popen(
-        cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True
-    )
+    proc = start_server(port)
     try:
-        wait_healthy(url, proc)
+        wait_healthy(proc, url)
         with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=exe, args=CHROMIUM_ARGS)
+            browser = launch(p, exe)
             page = browser.new_page(viewport={"width": WIDTH, "height": 1000})
             page.goto(f"{url}/?{urllib.parse.urlencode({'model': args.model})}")
             page.get_by_text("Verdict:").first.wait_for(timeout=180_000)
@@ -177,11 +144,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{args.out / f'{name}.png'}: {len(png) // 1000} KB{note}")
             browser.close()
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_server(proc)
     return 0
 
 

@@ -8,11 +8,13 @@ FP32 model is unchanged; per-tensor activation quantization of conv2's input is 
 from __future__ import annotations
 
 import importlib.util
-from pathlib import Path
 
 import torch
 
-_SAMPLE = Path(__file__).resolve().parents[2] / "sample_models" / "digits_cnn.py"
+from qanalysis.workload import SAMPLES_DIR
+
+# The bundled sample, found through the installed package: this file works copied anywhere.
+_SAMPLE = SAMPLES_DIR / "digits_cnn.py"
 _spec = importlib.util.spec_from_file_location("_planted_base_digits_cnn", _SAMPLE)
 base = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(base)
