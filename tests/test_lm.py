@@ -109,7 +109,7 @@ def test_hf_causal_lm_end_to_end(run_cli, tmp_path):
     assert {"model.layers.0", "model.layers.1", "lm_head"} <= set(blocks["block"])
     assert blocks["n_layers"].sum() == len(layers)
     assert blocks.set_index("block").loc["model.layers.0", "metric_drop_sum"] == pytest.approx(
-        layers.loc[layers.layer.str.startswith("model.layers.0."), "metric_drop"].sum())
+        layers.loc[layers.layer.map(block_of) == "model.layers.0", "metric_drop"].sum())
 
     code, out, err = run_cli("search", HF_LM, "--max-drop", "5%", "--objective", "size", "--out", tmp_path / "s", "--quiet")
     assert code == 0, err
