@@ -175,11 +175,22 @@ def _windows(data: np.ndarray, starts: np.ndarray, context: int) -> tuple[torch.
     return torch.tensor(w[:, :-1]), torch.tensor(w[:, 1:])
 
 
+@cache
+def _unseen_starts(context: int) -> np.ndarray:
+    """``TEXT_N_EVAL`` window starts spread evenly over the held-out text, among the windows whose
+    bytes occur nowhere in the training text (the documentation repeats whole passages, and a
+    repeated passage would measure memory, not language modelling)."""
+    s = text_split()
+    train = s.train.tobytes()
+    cands = np.linspace(0, len(s.eval) - context - 2, 8 * TEXT_N_EVAL).astype(np.int64)
+    unseen = [c for c in cands if s.eval[c : c + context].tobytes() not in train]
+    pick = np.linspace(0, len(unseen) - 1, TEXT_N_EVAL).round().astype(np.int64)
+    return np.asarray(unseen, dtype=np.int64)[pick]
+
+
 def text_evaluation_batches(context: int = TEXT_CONTEXT) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """``TEXT_N_EVAL`` windows spread evenly over the held-out text, in batches."""
-    data = text_split().eval
-    starts = np.linspace(0, len(data) - context - 2, TEXT_N_EVAL).astype(np.int64)
-    x, y = _windows(data, starts, context)
+    """``TEXT_N_EVAL`` held-out windows that do not occur in the training text, in batches."""
+    x, y = _windows(text_split().eval, _unseen_starts(context), context)
     return list(zip(x.split(TEXT_EVAL_BATCH), y.split(TEXT_EVAL_BATCH)))
 
 
