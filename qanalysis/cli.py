@@ -181,10 +181,11 @@ def _diff(args: argparse.Namespace) -> int:
 
     cache: dict = {}
     a, b = _results(args.a, args, cache), _results(args.b, args, cache)
-    evaluate = None
+    evaluate, higher = None, True
     if args.spec is not None:
-        evaluate = cache["data"].evaluate if "data" in cache else spec_data(args.spec).evaluate
-    d = diff(a, b, evaluate=evaluate)
+        data = cache["data"] if "data" in cache else spec_data(args.spec)
+        evaluate, higher = data.evaluate, data.higher_is_better
+    d = diff(a, b, evaluate=evaluate, higher_is_better=higher)
     if args.out:
         import pandas as pd
 

@@ -129,3 +129,25 @@ def test_tiny_lm_search_with_a_relative_budget(run_cli, tmp_path):
     assert code == 0, err
     r = json.loads((tmp_path / "s" / "search.json").read_text())
     assert r["budget"] == "5%" and r["met_budget"] and "budget 5% = " in out
+
+
+def test_diff_of_perplexities_follows_the_direction():
+    """diff with a lower-is-better spec: B's higher perplexity is a positive drop, judged in % of A."""
+    import torch
+
+    from qanalysis.validate import Results, diff
+
+    g = torch.Generator().manual_seed(0)
+    targets = torch.randint(0, 16, (40, 8), generator=g)
+    good = torch.nn.functional.one_hot(targets, 16).float() * 3.0
+    worse = good + 0.8 * torch.randn(good.shape, generator=g)
+    ppl = lambda o, y: float(torch.exp(torch.nn.functional.cross_entropy(o.reshape(-1, 16), y.reshape(-1))))  # noqa: E731
+
+    def res(o):
+        return Results(engine="e", engine_sha256="", size_bytes=1, data="d", metric_name="perplexity", metric=ppl(o, targets),
+                       n=40, outputs=o, targets=targets)  # fmt: skip
+
+    a, b = res(good), res(worse)
+    d = diff(a, b, evaluate=ppl, higher_is_better=False, n_boot=200)
+    assert d.drop.delta == pytest.approx(b.metric - a.metric) and d.drop.delta > 0
+    assert d.verdict["verdict"] == "keep FP16"  # far more than 3 % worse
