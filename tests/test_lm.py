@@ -151,3 +151,18 @@ def test_diff_of_perplexities_follows_the_direction():
     d = diff(a, b, evaluate=ppl, higher_is_better=False, n_boot=200)
     assert d.drop.delta == pytest.approx(b.metric - a.metric) and d.drop.delta > 0
     assert d.verdict["verdict"] == "keep FP16"  # far more than 3 % worse
+
+
+def test_attention_mask_values_do_not_set_a_range():
+    """−inf and float32's lowest value (attention masks) are skipped by the observers: the range is the scores'."""
+    import torch
+
+    from qanalysis.calibrate import _Acc
+
+    scores = torch.tensor([[-2.0, 3.0, float("-inf")], [1.0, torch.finfo(torch.float32).min, 0.5]])
+    acc = _Acc()
+    acc.first(scores)
+    acc.second(scores)
+    s = acc.stats("t")
+    assert (s.min, s.max) == (-2.0, 3.0) and s.count == 4 and math.isfinite(s.std)
+    assert float(s.hist.sum()) == 4 and torch.isfinite(s.channel_absmax).all()
