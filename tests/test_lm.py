@@ -141,7 +141,7 @@ def test_diff_of_perplexities_follows_the_direction():
     targets = torch.randint(0, 16, (40, 8), generator=g)
     good = torch.nn.functional.one_hot(targets, 16).float() * 3.0
     worse = good + 0.8 * torch.randn(good.shape, generator=g)
-    ppl = lambda o, y: float(torch.exp(torch.nn.functional.cross_entropy(o.reshape(-1, 16), y.reshape(-1))))  # noqa: E731
+    ppl = lambda o, y: float(torch.exp(torch.nn.functional.cross_entropy(o.reshape(-1, 16), y.reshape(-1))))
 
     def res(o):
         return Results(engine="e", engine_sha256="", size_bytes=1, data="d", metric_name="perplexity", metric=ppl(o, targets),
