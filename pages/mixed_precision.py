@@ -33,7 +33,7 @@ from pages._widgets import (
     verdict_banner,
 )
 from qanalysis import figures
-from qanalysis.analysis import verdict
+from qanalysis.analysis import verdict, verdict_drop
 from qanalysis.errors import QAnalysisError
 
 OBJECTIVES = ("latency", "size")
@@ -218,6 +218,7 @@ if res is not None:
         "metric_name": metric_name,
         "fp32_metric": a.fp32_metric,
         "max_drop": max_drop,
+        "higher_is_better": a.workload.higher_is_better,
         "current": current,
     }
     left, right = st.columns(2)
@@ -285,9 +286,9 @@ all_int8 = simulate_float(key, [], a)
 res_hand = simulate(key, tuple(sorted(layer_precisions(a).items())), a)
 fp32 = simulate_all_fp32(key, a)
 
-verdict_banner(verdict(res_hand.drop), res_hand.drop, prefix="This config")
+verdict_banner(verdict(verdict_drop(a.workload, a.fp32_metric, res_hand.drop)), res_hand.drop, prefix="This config")
 c = st.columns(4)
-gained = res_hand.metric - all_int8.metric
+gained = a.workload.drop(res_hand.metric, all_int8.metric)  # > 0: the float layers helped
 c[0].metric(
     f"{metric_name}, simulated",
     f"{res_hand.metric:.2f}",

@@ -26,7 +26,7 @@ from .scheme import Config
 from .sensitivity import SensitivityResult, analyze_layers
 from .simulate import Simulator
 from .stats import Interval, Verdict, drop_interval, one_sample_worth, verdict_with_interval
-from .workload import Workload, run_model
+from .workload import Workload, relative, run_model
 
 Progress = Callable[[str], None]
 
@@ -93,12 +93,17 @@ def check_export(workload: Workload, graph_outputs: torch.Tensor) -> ExportCheck
 
 
 def verdict(drop: float) -> str:
-    """DESIGN.md step 10: < 1 point ship INT8; 1–3 mixed precision or QAT; > 3 keep FP16."""
-    if drop < 1.0:
-        return "ship INT8"
-    if drop <= 3.0:
-        return "mixed precision or QAT"
-    return "keep FP16"
+    """DESIGN.md step 10: < 1 point ship INT8; 1–3 mixed precision or QAT; > 3 keep FP16.
+    ``drop`` is in points, or in % relative increase for lower-is-better metrics (``verdict_drop``)."""
+    from .stats import verdict_of
+
+    return verdict_of(drop)
+
+
+def verdict_drop(wl: Workload, fp32_metric: float, drop: float) -> float:
+    """The number the verdict thresholds apply to: the drop in points, or for lower-is-better
+    metrics (perplexity) the relative increase in % of the FP32 metric."""
+    return relative(drop, fp32_metric) if wl.relative_verdict else drop
 
 
 def check_config(config: Config, qg: QuantGraph) -> None:
@@ -217,11 +222,18 @@ class Analysis:
     def drop_interval(self) -> Interval:
         """The drop with its 95 % paired-bootstrap interval over the evaluation samples."""
         wl = self.workload
-        return drop_interval(wl.evaluate, self.sens.fp32_outputs, self.sens.int8_outputs, wl.targets())
+        return drop_interval(wl.evaluate, self.sens.fp32_outputs, self.sens.int8_outputs, wl.targets(),
+                             higher_is_better=wl.higher_is_better)  # fmt: skip
 
     @property
     def verdict_detail(self) -> Verdict:
-        return verdict_with_interval(self.drop_interval)
+        """Judged on points, or on the relative increase in % for lower-is-better metrics."""
+        return verdict_with_interval(self.drop_interval, self.fp32_metric if self.workload.relative_verdict else None)
+
+    @property
+    def drop_relative_pct(self) -> float:
+        """The drop in % of the FP32 metric (for perplexity: its relative increase)."""
+        return relative(self.drop, self.fp32_metric)
 
     @property
     def verdict(self) -> str:
@@ -235,6 +247,10 @@ class Analysis:
 
     def outliers_frame(self) -> pd.DataFrame:
         return outliers_frame(self.outliers)
+
+    def blocks_frame(self) -> pd.DataFrame:
+        """Per-layer sensitivity aggregated per block (``model.layers.3``), see ``SensitivityResult.blocks_frame``."""
+        return self.sens.blocks_frame()
 
     def tensors_frame(self) -> pd.DataFrame:
         return pd.DataFrame([s.__dict__ for s in self.tensor_summaries])
@@ -254,6 +270,9 @@ class Analysis:
             "int8_metric": self.int8_metric,
             "drop": self.drop,
             "drop_ci95": [self.drop_interval.low, self.drop_interval.high],
+            "higher_is_better": wl.higher_is_better,
+            "drop_relative_pct": self.drop_relative_pct,
+            "verdict_basis": "relative increase (%)" if wl.relative_verdict else "drop (points)",
             "one_sample_worth": one_sample_worth(wl.n_eval) if wl.task == "classification" else None,
             "verdict": self.verdict,
             "verdict_detail": self.verdict_detail.to_dict(),
@@ -279,6 +298,11 @@ class Analysis:
         }
         if self.baseline is not None:
             s["baseline"] = self.baseline.to_dict()
+        blocks = self.blocks_frame()
+        if (blocks["n_layers"] > 1).any():  # a model with repeated blocks: the most sensitive one
+            top = blocks.sort_values(["metric_drop_sum", "min_e2e_sqnr_db"], ascending=[False, True]).iloc[0]
+            s["most_sensitive_block"] = {"block": str(top["block"]), "metric_drop_sum": float(top["metric_drop_sum"]),
+                                         "worst_layer": str(top["worst_layer"])}  # fmt: skip
         if self.per_class is not None and len(self.per_class):
             worst = self.per_class.sort_values("delta").iloc[0]
             s["per_class_worst"] = {"class": str(worst["class"]), "delta": float(worst["delta"])}
@@ -398,7 +422,8 @@ def simulate_config(a: Analysis, config: Config) -> ConfigResult:
     plan = sim.plan(config)
     q = sim.outputs(a.workload.evaluation, plan)
     metric = a.workload.score(q)
-    iv = drop_interval(a.workload.evaluate, a.sens.fp32_outputs, q, a.workload.targets(), max_seconds=5.0)
+    iv = drop_interval(a.workload.evaluate, a.sens.fp32_outputs, q, a.workload.targets(), max_seconds=5.0,
+                       higher_is_better=a.workload.higher_is_better)  # fmt: skip
     nbytes = 0
     for l in a.qgraph.layers:
         bits = sim.weight_bits(config, l)
@@ -408,7 +433,7 @@ def simulate_config(a: Analysis, config: Config) -> ConfigResult:
     return ConfigResult(
         config=config,
         metric=metric,
-        drop=a.fp32_metric - metric,
+        drop=a.workload.drop(a.fp32_metric, metric),
         float_layers=[l.name for l in a.qgraph.layers if sim.weight_bits(config, l) is None],
         float_tensors=plan.float_tensors(a.qgraph),
         weight_bytes=nbytes,

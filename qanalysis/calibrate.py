@@ -53,6 +53,19 @@ def channel_axis(t: torch.Tensor) -> int:
     return 1 if t.dim() >= 2 else 0
 
 
+# Attention masks fill scores with −inf or float32's lowest value (Hugging Face: torch.finfo.min)
+# before the softmax. Such values are masks, not signal: a range that held them would leave no
+# resolution for the scores. Observers skip them; quantization saturates them to the range's
+# minimum, as ONNX Runtime's QuantizeLinear does, which still masks after the softmax.
+MASK_ABS = 1e30
+
+
+def _signal(t: torch.Tensor) -> torch.Tensor:
+    """``t`` without mask values (|x| ≥ MASK_ABS, ±inf), flattened when any were present."""
+    keep = t.abs() < MASK_ABS
+    return t if bool(keep.all()) else t[keep]
+
+
 class _Acc:
     def __init__(self) -> None:
         self.min = math.inf
@@ -67,9 +80,14 @@ class _Acc:
         t = t.detach().float()
         if t.numel() == 0:
             return
-        self.min = min(self.min, float(t.min()))
-        self.max = max(self.max, float(t.max()))
-        d = t.double().reshape(-1)
+        sig = _signal(t)
+        if sig.numel() == 0:
+            return
+        if sig.numel() != t.numel():  # per-channel maxima without the mask values
+            t = t.masked_fill(t.abs() >= MASK_ABS, 0.0)
+        self.min = min(self.min, float(sig.min()))
+        self.max = max(self.max, float(sig.max()))
+        d = sig.double().reshape(-1)
         self.n += d.numel()
         self.s1 += float(d.sum())
         self.s2 += float((d * d).sum())
@@ -87,7 +105,7 @@ class _Acc:
         lo, hi = self.min, self.max
         if hi <= lo:
             hi = lo + 1e-12
-        h = torch.histc(t.detach().float().reshape(-1), bins=BINS, min=lo, max=hi)
+        h = torch.histc(_signal(t.detach().float()).reshape(-1), bins=BINS, min=lo, max=hi)
         self.hist = h if self.hist is None else self.hist + h
 
     def stats(self, name: str) -> TensorStats:

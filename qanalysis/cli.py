@@ -71,7 +71,9 @@ def _parser() -> argparse.ArgumentParser:
     an.add_argument("--repeats", type=int, default=1, metavar="K",
                     help="redraw the calibration samples K times (seeded): mean ± std of the INT8 metric and of each layer's sensitivity")  # fmt: skip
     s = model_cmd("search", "greedy mixed-precision search under a metric budget; Pareto fronts")
-    s.add_argument("--max-drop", required=True, type=float, metavar="PCT", help="allowed metric drop (points)")
+    s.add_argument("--max-drop", required=True, metavar="DROP",
+                   help="allowed metric drop: points (1.5), or a percentage of the FP32 metric (5%%); for lower-is-better "
+                        "metrics (perplexity) a drop is a rise")  # fmt: skip
     s.add_argument("--objective", choices=["latency", "size"], default="latency")
     s.add_argument("--int4", action="store_true", help="also try int4 weights (simulated only: not exportable to ORT)")
     e = model_cmd("export", "verified ONNX Runtime engines for a config")
@@ -179,10 +181,11 @@ def _diff(args: argparse.Namespace) -> int:
 
     cache: dict = {}
     a, b = _results(args.a, args, cache), _results(args.b, args, cache)
-    evaluate = None
+    evaluate, higher = None, True
     if args.spec is not None:
-        evaluate = cache["data"].evaluate if "data" in cache else spec_data(args.spec).evaluate
-    d = diff(a, b, evaluate=evaluate)
+        data = cache["data"] if "data" in cache else spec_data(args.spec)
+        evaluate, higher = data.evaluate, data.higher_is_better
+    d = diff(a, b, evaluate=evaluate, higher_is_better=higher)
     if args.out:
         import pandas as pd
 
@@ -247,6 +250,11 @@ def _ci(lo_hi) -> str:
 
 def _summary_line(s: dict) -> str:
     worth = f"; one sample = {s['one_sample_worth']:.2f} points" if s.get("one_sample_worth") else ""
+    if not s.get("higher_is_better", True):  # perplexity: judged by its relative increase
+        return (
+            f"{s['model']}: FP32 {s['fp32_metric']:.3f} → INT8 {s['int8_metric']:.3f} ({s['metric_name']}, lower is better), "
+            f"increase {s['drop']:+.3f}{_ci(s.get('drop_ci95'))} = {s['drop_relative_pct']:+.2f} % relative → {s['verdict']}"
+        )
     return (
         f"{s['model']}: FP32 {s['fp32_metric']:.2f} → INT8 {s['int8_metric']:.2f} "
         f"({s['metric_name']}), drop {s['drop']:.2f} points{_ci(s.get('drop_ci95'))}{worth} → {s['verdict']}"
@@ -295,9 +303,10 @@ def _search(args: argparse.Namespace) -> int:
     from .analysis import analyze
     from .report import write_search
     from .scheme import Config
-    from .search import search
+    from .search import Budget, search
     from .workload import load_workload
 
+    Budget.parse(args.max_drop)  # a bad budget fails before any work
     config = Config.load(args.config)
     say = _progress(args.quiet)
     with _output(args) as st:
@@ -307,13 +316,13 @@ def _search(args: argparse.Namespace) -> int:
         a = analyze(wl, config, progress=say, baseline=False, previews=0)
         for w in a.warnings:
             print(f"warning: {w}", file=sys.stderr)
-        res = search(a, args.max_drop, objective=args.objective, progress=say, allow_int4=args.int4)
+        res = search(a, Budget.parse(args.max_drop), objective=args.objective, progress=say, allow_int4=args.int4)
         write_search(res, a, out)  # pareto.csv, search.json, config.json, report.html
     s = res.summary()
     chosen = res.evaluated[res.chosen_id]
     print(f"{wl.name}: FP32 {a.fp32_metric:.2f}, all-INT8 drop {a.drop:.2f}{_ci((a.drop_interval.low, a.drop_interval.high))}"
           f" → chosen config drop {chosen.drop:.2f}{_ci(chosen.drop_ci95)} "
-          f"(budget {args.max_drop}) with {len(s['float_layers'])} float layer(s): {', '.join(s['float_layers']) or 'none'}")  # fmt: skip
+          f"(budget {res.budget}{' = ' + format(res.max_drop, '.4g') if res.budget.endswith('%') else ''}) with {len(s['float_layers'])} float layer(s): {', '.join(s['float_layers']) or 'none'}")  # fmt: skip
     if s["measured_latency_ms"] is not None:
         print(f"latency: predicted {s['predicted_latency_ms']:.3f} ms, measured {s['measured_latency_ms']:.3f} ms "
               f"({s['latency_prediction_error_pct']:+.1f}%); all-INT8 {s['int8_latency_ms']:.3f} ms, FP32 {s['fp32_latency_ms']:.3f} ms")  # fmt: skip

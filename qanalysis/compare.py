@@ -183,9 +183,9 @@ def _compare_one(
     say(f"{label}: simulating" + (f" with {', '.join(cfg.fixes)}" if cfg.fixes else ""))
     q, notes[label] = _simulate(wl, cfg, say)
     metric = wl.score(q)
-    iv = drop_interval(wl.evaluate, fp, q, wl.targets(), max_seconds=5.0)
+    iv = drop_interval(wl.evaluate, fp, q, wl.targets(), max_seconds=5.0, higher_is_better=wl.higher_is_better)
     row = CompareRow(config=label, fixes="+".join(cfg.fixes), scheme=cfg.scheme.label(),
-                     simulated_metric=metric, drop=fp_metric - metric, drop_ci_low=iv.low, drop_ci_high=iv.high)  # fmt: skip
+                     simulated_metric=metric, drop=wl.drop(fp_metric, metric), drop_ci_low=iv.low, drop_ci_high=iv.high)  # fmt: skip
     pc = per_class_frame(wl, fp, q)
     if pc is not None and len(pc):
         worst = pc.sort_values("delta").iloc[0]

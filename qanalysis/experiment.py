@@ -155,10 +155,10 @@ def run_cell(cell: Cell, wl, fp32: dict, engines: bool, workdir: Path, progress:
         wl_s = resample_calibration(wl, cell.seed)
         q, _ = _simulate(wl_s, cfg, progress)
         metric = wl.score(q)
-        iv = drop_interval(wl.evaluate, fp32["outputs"], q, wl.targets(), max_seconds=5.0)
+        iv = drop_interval(wl.evaluate, fp32["outputs"], q, wl.targets(), max_seconds=5.0, higher_is_better=wl.higher_is_better)
         row = {"model": cell.model, "scheme": cell.scheme_name, "calibration": cell.calibration,
                "fixes": "+".join(cell.fixes) or "ptq", "seed": cell.seed, "scheme_label": cfg.scheme.label(),
-               "fp32_metric": fp32["metric"], "metric": metric, "drop": fp32["metric"] - metric,
+               "fp32_metric": fp32["metric"], "metric": metric, "drop": wl.drop(fp32["metric"], metric),
                "drop_ci_low": iv.low, "drop_ci_high": iv.high, "metric_name": wl.metric_name,
                "n_eval": wl.n_eval, "n_calib": wl.n_calib}  # fmt: skip
         if engines:

@@ -165,6 +165,7 @@ def pareto_figure(
     metric_name: str,
     fp32_metric: float,
     max_drop: float,
+    higher_is_better: bool = True,
     current: frozenset[str] | None = None,
     measured_latency_ms: float | None = None,
 ) -> go.Figure:
@@ -263,7 +264,7 @@ def pareto_figure(
         annotation_position="top left",
     )
     fig.add_hline(
-        y=fp32_metric - max_drop,
+        y=fp32_metric - max_drop if higher_is_better else fp32_metric + max_drop,  # a drop is a rise of perplexity
         line={"color": CHOSEN, "width": 1, "dash": "dash"},
         annotation_text=f"budget: drop ≤ {max_drop:g}",
         annotation_position="bottom left",

@@ -261,11 +261,11 @@ def recommend(
                 if fix not in fix_metric:
                     fix_metric[fix] = _with_fix_metric(wl, config, fix, progress)
                 if fix_metric[fix] is not None:
-                    gains[FIX_LABELS[fix]] = fix_metric[fix] - sens.int8_metric
+                    gains[FIX_LABELS[fix]] = wl.drop(fix_metric[fix], sens.int8_metric)  # how much worse without it
         if sim.scheme.weights.granularity == "per_tensor" and layer.weights:
-            gains["per-channel weights"] = preview(wl, sim, config, layer, "per_channel", stats) - r.metric_only
+            gains["per-channel weights"] = wl.drop(preview(wl, sim, config, layer, "per_channel", stats), r.metric_only)
         if layer.act_inputs and not sim.scheme.act.dynamic:
-            gains["percentile clipping of its input"] = preview(wl, sim, config, layer, "percentile", stats) - r.metric_only
+            gains["percentile clipping of its input"] = wl.drop(preview(wl, sim, config, layer, "percentile", stats), r.metric_only)
         best = max(gains, key=lambda k: gains[k])
         if _helps(gains[best], floor):
             r.recommendation_gain = gains[best]

@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 
 from .scheme import Config
-from .workload import Workload
+from .workload import Workload, worse_by
 
 Progress = Callable[[str], None]
 
@@ -65,6 +65,7 @@ class Repeats:
     fp32_metric: float
     layers: pd.DataFrame  # layer, metric_drop_mean/std, e2e_sqnr_db_mean/std, rank_mean/std
     rank_stability: float  # mean Spearman correlation of each repeat's layer ranking with repeat 0
+    higher_is_better: bool = True
 
     @property
     def k(self) -> int:
@@ -73,7 +74,7 @@ class Repeats:
     def summary(self) -> dict:
         s = pd.Series(self.int8_metrics)
         return {"k": self.k, "int8_metric_mean": float(s.mean()), "int8_metric_std": float(s.std(ddof=1)) if self.k > 1 else 0.0,
-                "int8_metrics": self.int8_metrics, "drop_mean": self.fp32_metric - float(s.mean()),
+                "int8_metrics": self.int8_metrics, "drop_mean": worse_by(self.fp32_metric, float(s.mean()), self.higher_is_better),
                 "rank_stability_spearman": self.rank_stability}  # fmt: skip
 
 
@@ -107,4 +108,4 @@ def analyze_repeats(wl: Workload, config: Config, k: int, *, progress: Progress 
     rhos = [spearman(base.tolist(), f.set_index("layer")["rank"].reindex(base.index).tolist()) for f in frames[1:]]
     rhos = [r for r in rhos if math.isfinite(r)]
     return Repeats(int8_metrics=[a.int8_metric for a in runs], fp32_metric=runs[0].fp32_metric, layers=layers,
-                   rank_stability=sum(rhos) / len(rhos) if rhos else float("nan"))  # fmt: skip
+                   rank_stability=sum(rhos) / len(rhos) if rhos else float("nan"), higher_is_better=wl.higher_is_better)  # fmt: skip

@@ -84,19 +84,30 @@ table.t{border-collapse:collapse;font-size:.85em}table.t td,table.t th{padding:2
 
 
 def analysis_cards(summary: dict) -> dict[str, str]:
+    ci = summary.get("drop_ci95")
+    ci_text = f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci and None not in ci else ""
     c = {
         "FP32 metric": f"{summary['fp32_metric']:.2f}",
         "INT8 metric (simulated)": f"{summary['int8_metric']:.2f}",
-        "drop (points)": f"{summary['drop']:.2f}" + (f" [{summary['drop_ci95'][0]:.2f}, {summary['drop_ci95'][1]:.2f}]"
-                                                     if summary.get("drop_ci95") and None not in summary["drop_ci95"] else ""),
-        "verdict": summary["verdict"],
-        "scheme": summary["scheme_label"],
     }
+    if summary.get("higher_is_better", True):
+        c["drop (points)"] = f"{summary['drop']:.2f}{ci_text}"
+    else:  # perplexity: a rise is the drop, judged relative to FP32
+        c["increase"] = f"{summary['drop']:+.3f}{ci_text} ({summary['drop_relative_pct']:+.2f} %)"
+    c["verdict"] = summary["verdict"]
+    c["scheme"] = summary["scheme_label"]
     b = summary.get("baseline")
     if b:
         c["FP32 ORT latency"] = f"{b['ort_latency_b1']['mean_ms']:.3f} ± {b['ort_latency_b1']['std_ms']:.3f} ms"
         c["FP32 size"] = f"{b['onnx_bytes'] / 1e6:.2f} MB"
     return c
+
+
+def _verdict_note(s: dict) -> str:
+    if s.get("higher_is_better", True):
+        return f"Verdict: {s['verdict']} (drop {s['drop']:.2f} points; < 1 ship INT8, 1–3 mixed precision or QAT, > 3 keep FP16)."
+    return (f"Verdict: {s['verdict']} ({s['metric_name']} {s['fp32_metric']:.3f} → {s['int8_metric']:.3f}, a relative increase of "
+            f"{s['drop_relative_pct']:+.2f} %; lower is better: < 1 % ship INT8, 1–3 % mixed precision or QAT, > 3 % keep FP16).")
 
 
 def write_analysis(a, out: Path, repeats=None) -> list[Path]:
@@ -106,13 +117,16 @@ def write_analysis(a, out: Path, repeats=None) -> list[Path]:
     summary = a.summary()
     if repeats is not None:
         summary["repeats"] = repeats.summary()
+    blocks = a.blocks_frame()
     written = [
         write_csv(layers, out / "layers.csv"),
+        write_csv(blocks, out / "blocks.csv"),
         write_csv(a.outliers_frame(), out / "outliers.csv"),
     ]
     figs = [figures.sensitivity_bars(layers), figures.sqnr_lines(layers), figures.depth_growth(a.depth_frame()),
             figures.proxy_scatter(layers)]  # fmt: skip
-    tables = {"Layers": layers, "Outlier channels": a.outliers_frame(), "Tensors": a.tensors_frame()}
+    tables = {"Layers": layers, "Blocks (layers grouped by their block)": blocks, "Outlier channels": a.outliers_frame(),
+              "Tensors": a.tensors_frame()}  # fmt: skip
     if a.per_class is not None:
         written.append(write_csv(a.per_class, out / "per_class.csv"))
         written.append(write_csv(a.flips, out / "flips.csv"))
@@ -126,7 +140,7 @@ def write_analysis(a, out: Path, repeats=None) -> list[Path]:
     notes = [*(f"Warning: {w}" for w in summary.get("warnings", [])),
         "How well each cheap proxy predicted the end-to-end ranking (Spearman, +1 = perfect). "
         f"Against the metric drop: {fmt(corr['vs_metric_drop'])}. Against the model-output SQNR: {fmt(corr['vs_e2e_sqnr'])}.",
-        f"Verdict: {summary['verdict']} (drop {summary['drop']:.2f} points; < 1 ship INT8, 1–3 mixed precision or QAT, > 3 keep FP16).",
+        _verdict_note(summary),
     ]
     page = html_report(f"qanalysis — {summary['model']}", analysis_cards(summary), figs, tables, notes)
     written.append(write_text(page, out / "report.html"))
@@ -141,7 +155,8 @@ def write_search(res, a, out: Path) -> list[Path]:
     s = res.summary()
     written = [write_csv(df, out / "pareto.csv"), write_json(s, out / "search.json"),
                write_json(res.chosen.to_dict(), out / "config.json")]  # fmt: skip
-    args = {"metric_name": a.workload.metric_name, "fp32_metric": a.fp32_metric, "max_drop": s.get("max_drop", 0.0)}
+    args = {"metric_name": a.workload.metric_name, "fp32_metric": a.fp32_metric, "max_drop": s.get("max_drop", 0.0),
+            "higher_is_better": a.workload.higher_is_better}
     figs = [figures.pareto_figure(df, "latency", measured_latency_ms=s.get("measured_latency_ms"), **args),
             figures.pareto_figure(df, "size", **args)]  # fmt: skip
     chosen = res.chosen.float_layers()

@@ -37,6 +37,41 @@ Objective = Literal["latency", "size"]
 Progress = Callable[[str], None]
 
 
+@dataclass(frozen=True)
+class Budget:
+    """The allowed drop: ``value`` metric points, or with ``relative`` ``value`` % of the FP32 metric
+    (``--max-drop 5%``: perplexity may grow by 5 %). A drop is always "how much worse" (``Workload.drop``)."""
+
+    value: float
+    relative: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.value >= 0:  # NaN too
+            raise ConfigError(f"--max-drop must be a non-negative number of metric points or a percentage, got {self.label()}")
+
+    def points(self, fp32_metric: float) -> float:
+        """The budget in metric units: ``value``, or ``value`` % of |FP32 metric|."""
+        return self.value * abs(fp32_metric) / 100.0 if self.relative else self.value
+
+    def label(self) -> str:
+        return f"{self.value:g}%" if self.relative else f"{self.value:g}"
+
+    @classmethod
+    def parse(cls, text: str | float | Budget) -> Budget:
+        """``"1"`` / ``1.0`` → 1 point; ``"5%"`` → 5 % of the FP32 metric."""
+        if isinstance(text, Budget):
+            return text
+        if isinstance(text, (int, float)):
+            return cls(float(text))
+        s = str(text).strip()
+        rel = s.endswith("%")
+        try:
+            v = float(s.removesuffix("%").strip())
+        except ValueError:
+            raise ConfigError(f"--max-drop takes a number of metric points (1.5) or a percentage of the FP32 metric (5%), got {text!r}") from None
+        return cls(v, rel)
+
+
 @dataclass
 class Costs:
     int8_us: dict[str, float]
@@ -121,7 +156,7 @@ class SearchResult:
     evaluated: list[Evaluated]
     n_layers: int
     n_evaluations: int
-    max_drop: float
+    max_drop: float  # in metric units (a relative budget resolved against the FP32 metric)
     objective: str
     predicted_latency_ms: float
     measured_latency_ms: float | None
@@ -131,6 +166,7 @@ class SearchResult:
     seconds: float
     met_budget: bool
     notes: list[str] = field(default_factory=list)
+    budget: str = ""  # as given: "1" (points) or "5%" (of the FP32 metric)
 
     @property
     def latency_error_pct(self) -> float | None:
@@ -147,8 +183,10 @@ class SearchResult:
                 for e in self.evaluated
             ]
         )
-        df["pareto_latency"] = pareto_mask(df["metric"].tolist(), df["latency_ms"].tolist())
-        df["pareto_size"] = pareto_mask(df["metric"].tolist(), df["size_bytes"].tolist())
+        # -drop: "higher is better" whatever the metric's direction (a drop > 0 is always worse)
+        better = (-df["drop"]).tolist()
+        df["pareto_latency"] = pareto_mask(better, df["latency_ms"].tolist())
+        df["pareto_size"] = pareto_mask(better, df["size_bytes"].tolist())
         df["pareto"] = df["pareto_latency"] | df["pareto_size"]
         df["chosen"] = df["config_id"] == self.chosen_id
         return df
@@ -158,6 +196,7 @@ class SearchResult:
             "n_layers": self.n_layers,
             "n_evaluations": self.n_evaluations,
             "max_drop": self.max_drop,
+            "budget": self.budget,
             "objective": self.objective,
             "met_budget": self.met_budget,
             "chosen_config_id": self.chosen_id,
@@ -182,7 +221,8 @@ def chosen_int4(e: Evaluated, cache: dict) -> set[str]:
 
 
 def pareto_mask(metric: list[float], cost: list[float]) -> list[bool]:
-    """True where no other point has metric ≥ and cost ≤ with one of them strict."""
+    """True where no other point has metric ≥ and cost ≤ with one of them strict (``metric``
+    higher is better: pass −drop for a metric of either direction)."""
     out = []
     for i, (m, c) in enumerate(zip(metric, cost)):
         dominated = any(
@@ -194,7 +234,7 @@ def pareto_mask(metric: list[float], cost: list[float]) -> list[bool]:
 
 def search(
     a: Analysis,
-    max_drop: float,
+    max_drop: float | str | Budget,
     *,
     objective: Objective = "latency",
     progress: Progress | None = None,
@@ -202,7 +242,10 @@ def search(
     workdir: Path | None = None,
     allow_int4: bool = False,
 ) -> SearchResult:
-    """The search; its engines go to ``workdir``, or to a temporary folder removed afterwards."""
+    """The search; its engines go to ``workdir``, or to a temporary folder removed afterwards.
+
+    ``max_drop``: metric points (a number), or ``"5%"`` / ``Budget(5, relative=True)``: 5 % of the
+    FP32 metric. Drops follow the metric's direction (perplexity: a rise is a drop)."""
     kw = {"objective": objective, "progress": progress, "measure": measure, "allow_int4": allow_int4}
     if workdir is not None:
         return _search(a, max_drop, Path(workdir), **kw)
@@ -210,12 +253,12 @@ def search(
         return _search(a, max_drop, Path(d), **kw)
 
 
-def _search(a: Analysis, max_drop: float, wd: Path, *, objective: Objective, progress: Progress | None,
+def _search(a: Analysis, max_drop: float | str | Budget, wd: Path, *, objective: Objective, progress: Progress | None,
             measure: bool, allow_int4: bool) -> SearchResult:  # fmt: skip
     if objective not in ("latency", "size"):
         raise ConfigError(f"objective must be 'latency' or 'size', got {objective!r}")
-    if not max_drop >= 0:
-        raise ConfigError(f"--max-drop must be a non-negative number of metric points, got {max_drop}")
+    budget = Budget.parse(max_drop)
+    max_drop = budget.points(a.fp32_metric)
     say = progress or (lambda m: None)
     t0 = time.perf_counter()
     costs = measure_costs(a, wd, say)
@@ -265,7 +308,7 @@ def _search(a: Analysis, max_drop: float, wd: Path, *, objective: Objective, pro
             else:
                 lo, k = k, k * 2
         if hi is None:
-            notes.append(f"even with every layer in float the drop exceeds {max_drop} points")
+            notes.append(f"even with every layer in float the drop exceeds {max_drop:.4g} ({budget.label()})")
             chosen = evaluate(set(order), "grow")
         else:
             while hi - lo > 1:
@@ -331,4 +374,5 @@ def _search(a: Analysis, max_drop: float, wd: Path, *, objective: Objective, pro
         seconds=time.perf_counter() - t0,
         met_budget=chosen.drop <= max_drop,
         notes=notes,
+        budget=budget.label(),
     )

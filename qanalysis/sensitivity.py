@@ -10,6 +10,13 @@ For every layer L (module qualified name) and every evaluation batch:
 and from them the metric drop, end-to-end SQNR/KL of the model output, L's own output
 SQNR, and the tensor-level proxies (weight SQNR, input activation SQNR, clipping).
 
+Memory: every layer's only-L and all-but-L model outputs are kept until all batches have run
+(``evaluate`` is called once on all of them). Sequence outputs (3+ dimensions: a language
+model's logits [N, S, V]) are kept in float16, half the float32 cost: 2 runs × N·S·V × 2 bytes
+per layer (tiny_lm: 2 × 64·64·256 × 2 B = 4 MiB per layer); their end-to-end SQNR is
+accumulated batch by batch in float64 from the float32 outputs, the metric and KL read the
+float16 copies (rounding moves a perplexity by ~1e-5 relative).
+
 Speed: a layer's change only affects the nodes downstream of it, so each run starts
 from the cached FP32 (or fully quantized) tensors of the same batch and re-executes
 only those nodes. ``SensitivityResult.nodes_run`` / ``nodes_naive`` count the node
@@ -30,7 +37,7 @@ from . import metrics as M
 from .graph import Layer
 from .scheme import Config
 from .simulate import SimPlan, Simulator
-from .workload import Workload
+from .workload import Workload, worse_by
 
 Progress = Callable[[str], None]
 
@@ -89,6 +96,7 @@ class LayerRow:
 @dataclass
 class SensitivityResult:
     rows: list[LayerRow]
+    higher_is_better: bool
     fp32_metric: float
     int8_metric: float
     fp32_outputs: torch.Tensor
@@ -101,14 +109,14 @@ class SensitivityResult:
 
     @property
     def drop(self) -> float:
-        return self.fp32_metric - self.int8_metric
+        return worse_by(self.fp32_metric, self.int8_metric, self.higher_is_better)
 
     def rebase(self, fp32_metric: float, fp32_outputs: torch.Tensor) -> None:
         """Measure drops against another FP32 reference (the original model, before fixes)."""
         self.fp32_metric, self.fp32_outputs = fp32_metric, fp32_outputs
         for r in self.rows:
-            r.metric_drop = fp32_metric - r.metric_only
-            o = self.only_outputs[r.layer]
+            r.metric_drop = worse_by(fp32_metric, r.metric_only, self.higher_is_better)
+            o = self.only_outputs[r.layer].float()
             r.e2e_sqnr_db = M.sqnr_db(fp32_outputs, o)
             if r.e2e_kl == r.e2e_kl:  # not NaN: classification
                 r.e2e_kl = M.kl_divergence(fp32_outputs, o)
@@ -116,6 +124,39 @@ class SensitivityResult:
 
     def to_frame(self) -> pd.DataFrame:
         return pd.DataFrame([r.__dict__ for r in self.rows])
+
+    def blocks_frame(self) -> pd.DataFrame:
+        """Layers grouped by their block (``block_of``), in execution order: how many, their
+        parameters, Σ and max of the only-this-layer drops, Σ of the all-but drops, the worst
+        layer and the lowest end-to-end SQNR. Layers outside any block are grouped by module
+        (``lm_head`` and ``lm_head:add`` are one row)."""
+        groups: dict[str, list[LayerRow]] = {}
+        for r in self.rows:
+            groups.setdefault(block_of(r.layer) or r.layer.split(":", 1)[0], []).append(r)
+        rows = []
+        for block, rs in groups.items():
+            worst = max(rs, key=lambda r: (r.metric_drop, -r.e2e_sqnr_db))
+            rows.append({"block": block, "n_layers": len(rs), "params": sum(r.params for r in rs),
+                         "metric_drop_sum": sum(r.metric_drop for r in rs), "metric_drop_max": worst.metric_drop,
+                         "metric_drop_all_but_sum": sum(r.metric_drop_all_but for r in rs), "worst_layer": worst.layer,
+                         "min_e2e_sqnr_db": min(r.e2e_sqnr_db for r in rs)})  # fmt: skip
+        return pd.DataFrame(rows, columns=BLOCK_COLUMNS)
+
+
+BLOCK_COLUMNS = ["block", "n_layers", "params", "metric_drop_sum", "metric_drop_max", "metric_drop_all_but_sum",
+                 "worst_layer", "min_e2e_sqnr_db"]  # fmt: skip
+
+
+def block_of(layer: str) -> str:
+    """The repeated block a layer belongs to: its name up to the first integer component.
+
+    ``model.layers.3.self_attn.q_proj`` → ``model.layers.3``; ``blocks.0.attn.qkv:add`` → ``blocks.0``;
+    ``layer1.0.conv2`` → ``layer1.0``; ``lm_head`` → "" (in no block)."""
+    parts = layer.split(":", 1)[0].split(".")
+    for i, p in enumerate(parts):
+        if p.isdigit():
+            return ".".join(parts[: i + 1])
+    return ""
 
 
 def only_plan(sim: Simulator, config: Config, layer: Layer) -> SimPlan:
@@ -134,6 +175,13 @@ def only_plan(sim: Simulator, config: Config, layer: Layer) -> SimPlan:
     if own is not None and bits is not None:
         layers[layer.name] = own
     return sim.plan(config.with_layers(layers), bits={layer.name: bits or sim.scheme.weights.bits})
+
+
+def _keep(t: torch.Tensor) -> torch.Tensor:
+    """What is kept of a per-layer output: float16 for sequence outputs within float16's range."""
+    if t.dim() >= 3 and t.is_floating_point() and float(t.abs().max()) < 6.0e4:
+        return t.half()
+    return t
 
 
 def _plans(sim: Simulator, config: Config) -> tuple[SimPlan, SimPlan, dict[str, SimPlan], dict[str, SimPlan]]:
@@ -171,6 +219,7 @@ def analyze_layers(
     acc_a = {l.name: _Acc() for l in layers}
     acc_o = {l.name: _Acc() for l in layers}
     acc_d = {l.name: _Acc() for l in layers}
+    acc_e2e = {l.name: _Acc() for l in layers}  # model output, only L quantized vs FP32
     clip = {l.name: [0, 0] for l in layers}
     outs_fp, outs_q = [], []
     outs_only: dict[str, list[torch.Tensor]] = {l.name: [] for l in layers}
@@ -191,6 +240,10 @@ def analyze_layers(
             nodes_run += 2 * n_nodes
             outs_fp.append(fp_env[out_name].float())
             outs_q.append(q_env[out_name].float())
+            if bi == 0 and progress and outs_fp[0].dim() >= 3:
+                per = outs_fp[0].numel() * 2 * wl.n_eval / max(1, outs_fp[0].shape[0])
+                progress(f"keeping {2 * len(layers)} per-layer outputs of shape {['N', *outs_fp[0].shape[1:]]} in float16: "
+                         f"{2 * len(layers) * per / 2**20:.0f} MiB")  # fmt: skip
             for l in layers:
                 name = l.name
                 # tensor proxies on this batch: each input as the only-this-layer run quantizes it
@@ -210,24 +263,27 @@ def analyze_layers(
                     acc_d[name].add(fp_env[l.output], q_env[l.output])
                 env = sim.run(feeds, only[name], env=fp_env, nodes=dirty_only[name], keep=True)
                 nodes_run += len(dirty_only[name])
-                outs_only[name].append(env[out_name].float())
+                o = env[out_name].float()
+                acc_e2e[name].add(outs_fp[-1], o)
+                outs_only[name].append(_keep(o))
                 if l.output in env:
                     acc_o[name].add(fp_env[l.output], env[l.output])
                 env = sim.run(feeds, all_but[name], env=q_env, nodes=dirty_all[name], keep=True)
                 nodes_run += len(dirty_all[name])
-                outs_allbut[name].append(env[out_name].float())
+                outs_allbut[name].append(_keep(env[out_name].float()))
             if progress:
                 progress(f"per-layer sensitivity: batch {bi + 1}/{n_batches} ({len(layers)} layers)")
     fp_out, q_out = torch.cat(outs_fp), torch.cat(outs_q)
     fp_metric, q_metric = wl.score(fp_out), wl.score(q_out)
-    q_drop = fp_metric - q_metric
+    q_drop = wl.drop(fp_metric, q_metric)
     rows = []
     only_cat = {}
     for l in layers:
         o = torch.cat(outs_only[l.name])
-        a = torch.cat(outs_allbut[l.name])
         only_cat[l.name] = o
-        m_only, m_all = wl.score(o), wl.score(a)
+        stored = o.dtype != torch.float32  # float16 copies: SQNR from the exact accumulation
+        o = o.float()
+        m_only, m_all = wl.score(o), wl.score(torch.cat(outs_allbut[l.name]).float())
         c = clip[l.name]
         rows.append(
             LayerRow(
@@ -237,13 +293,13 @@ def analyze_layers(
                 weight_sqnr_db=acc_w[l.name].sqnr(),
                 act_sqnr_db=acc_a[l.name].sqnr(),
                 output_sqnr_db=acc_o[l.name].sqnr(),
-                e2e_sqnr_db=M.sqnr_db(fp_out, o),
-                e2e_kl=M.kl_divergence(fp_out, o) if wl.task == "classification" else float("nan"),
+                e2e_sqnr_db=acc_e2e[l.name].sqnr() if stored else M.sqnr_db(fp_out, o),
+                e2e_kl=M.kl_divergence(fp_out, o) if wl.task in ("classification", "language_model") else float("nan"),
                 e2e_cosine=M.cosine(fp_out, o),
                 metric_only=m_only,
-                metric_drop=fp_metric - m_only,
+                metric_drop=wl.drop(fp_metric, m_only),
                 metric_all_but=m_all,
-                metric_drop_all_but=q_drop - (fp_metric - m_all),
+                metric_drop_all_but=q_drop - wl.drop(fp_metric, m_all),
                 act_clipping=c[0] / c[1] if c[1] else float("nan"),
                 weight_mse=acc_w[l.name].mse(),
                 act_mse=acc_a[l.name].mse(),
@@ -252,6 +308,7 @@ def analyze_layers(
         )
     res = SensitivityResult(
         rows=rows,
+        higher_is_better=wl.higher_is_better,
         fp32_metric=fp_metric,
         int8_metric=q_metric,
         fp32_outputs=fp_out,

@@ -342,7 +342,14 @@ class Simulator:
         key = (owner, a.bits, a.symmetric, a.calibration, a.percentile, self.overrides.get(owner))
         if key not in self._act:
             st = self.stats.get(owner)
-            if st is None:
+            table = self._gathered_table(owner)
+            if table is not None and owner not in self.overrides:
+                # ORT's QDQGather: the output shares the table's parameters (its min/max, activation grid)
+                c = self._float_weight(table)
+                qr = QRange.for_bits(a.bits, a.symmetric)
+                s_, z_ = compute_scale_zp(c.min(), c.max(), qr, a.symmetric)
+                self._act[key] = QParams(s_, z_, qr)
+            elif st is None:
                 self._act[key] = None
             else:
                 lo, hi = self.overrides.get(owner) or calibration_range(st, a)
@@ -350,6 +357,16 @@ class Simulator:
                 s, z = compute_scale_zp(torch.tensor(lo, dtype=torch.float32), torch.tensor(hi, dtype=torch.float32), qr, a.symmetric)
                 self._act[key] = QParams(s, z, qr)
         return self._act[key]
+
+    def _gathered_table(self, tensor: str) -> str | None:
+        """The constant table a Gather reads, when ``tensor`` is that Gather's output."""
+        i = self.prog.producer.get(tensor)
+        if i is None:
+            return None
+        n = self.prog.nodes[i]
+        if n.op in ("Gather", "GatherElements") and n.inputs[0] in self.prog.initializers:
+            return n.inputs[0]
+        return None
 
     def weight_qparams(self, name: str, bits: int) -> QParams:
         self._weight(("w", name, bits))

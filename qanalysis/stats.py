@@ -7,6 +7,10 @@ the difference:
 
     Δ*_b = metric(ref[I_b], y[I_b]) − metric(q[I_b], y[I_b]),   I_b ~ Uniform{0..N−1}^N
 
+(sign flipped for lower-is-better metrics such as perplexity, so that Δ > 0 always means the
+candidate is worse: ``workload.worse_by``). Language-model outputs [N, S, V] resample whole
+sequences (dim 0), the unit whose tokens are not independent.
+
 McNemar's exact test asks whether the two models' errors differ more than chance:
 b = ref right & q wrong, c = ref wrong & q right, p = min(1, 2·BinomCDF(min(b, c); b + c, ½)).
 """
@@ -21,9 +25,12 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
+from .workload import relative, worse_by
+
 Metric = Callable[[torch.Tensor, torch.Tensor], float]
 
-# DESIGN.md step 10: < 1 point ship INT8; 1–3 mixed precision or QAT; > 3 keep FP16.
+# DESIGN.md step 10: < 1 point ship INT8; 1–3 mixed precision or QAT; > 3 keep FP16. For
+# lower-is-better metrics (perplexity) the same thresholds apply to the relative increase in %.
 THRESHOLDS = (1.0, 3.0)
 VERDICTS = ("ship INT8", "mixed precision or QAT", "keep FP16")
 
@@ -45,6 +52,11 @@ class Interval:
     def label(self, unit: str = "points") -> str:
         return f"{self.delta:.2f} {unit} (95% CI {self.low:.2f} to {self.high:.2f})"
 
+    def relative_to(self, reference: float) -> Interval:
+        """The same interval in % of ``reference`` (a relative increase of perplexity)."""
+        return Interval(relative(self.delta, reference), relative(self.low, reference), relative(self.high, reference),
+                        self.n, self.n_boot, self.level)  # fmt: skip
+
     def straddles(self, threshold: float) -> bool:
         return self.low < threshold < self.high
 
@@ -63,8 +75,10 @@ def paired_bootstrap(
     seed: int = 0,
     max_seconds: float = 20.0,
     per_sample: tuple[np.ndarray, np.ndarray] | None = None,
+    higher_is_better: bool = True,
 ) -> Interval:
-    """Δ = metric(ref) − metric(cand) with its 95 % paired-bootstrap interval.
+    """Δ = metric(ref) − metric(cand) with its 95 % paired-bootstrap interval (candidate − reference
+    when ``higher_is_better`` is False: Δ > 0 always means worse).
 
     ``per_sample``: when the metric is a mean of per-sample scores (top-1 accuracy: 100·correct),
     those scores, so each resample is one array mean instead of a metric call. Otherwise the
@@ -73,17 +87,17 @@ def paired_bootstrap(
     if per_sample is not None:
         a, b = (np.asarray(v, dtype=np.float64) for v in per_sample)
         n = len(a)
-        delta = float(a.mean() - b.mean())
+        delta = float(worse_by(a.mean(), b.mean(), higher_is_better))
         idx = _resample_indices(n, n_boot, seed)
-        d = a[idx].mean(axis=1) - b[idx].mean(axis=1)
+        d = worse_by(a[idx].mean(axis=1), b[idx].mean(axis=1), higher_is_better)
     else:
-        delta = float(metric(ref, targets) - metric(cand, targets))
+        delta = float(worse_by(metric(ref, targets), metric(cand, targets), higher_is_better))
         idx = _resample_indices(n, n_boot, seed)
         d_list = []
         t0 = time.perf_counter()
         for i, ix in enumerate(idx):
             ti = torch.from_numpy(ix)
-            d_list.append(metric(ref[ti], targets[ti]) - metric(cand[ti], targets[ti]))
+            d_list.append(worse_by(metric(ref[ti], targets[ti]), metric(cand[ti], targets[ti]), higher_is_better))
             if i >= 199 and time.perf_counter() - t0 > max_seconds:
                 break
         d = np.asarray(d_list, dtype=np.float64)
@@ -127,9 +141,15 @@ class Verdict:
         return asdict(self)
 
 
-def verdict_with_interval(iv: Interval) -> Verdict:
+def verdict_with_interval(iv: Interval, relative_to: float | None = None) -> Verdict:
     """"ship INT8" etc. when the whole interval lies on one side of every threshold; otherwise
-    "uncertain: A or B", with how many samples would shrink the interval (∝ 1/√N) enough."""
+    "uncertain: A or B", with how many samples would shrink the interval (∝ 1/√N) enough.
+
+    ``relative_to``: judge the drop in % of this reference metric (perplexity: < 1 % relative
+    increase ship, 1–3 % mixed precision, > 3 % keep FP16), and say so in the text."""
+    unit = "points"
+    if relative_to is not None:
+        iv, unit = iv.relative_to(relative_to), "%"
     v = verdict_of(iv.delta)
     straddled = [t for t in THRESHOLDS if iv.straddles(t)]
     if not straddled or not math.isfinite(iv.low):
@@ -140,7 +160,7 @@ def verdict_with_interval(iv: Interval) -> Verdict:
     if min(gaps) > 0 and half > 0:
         need = int(math.ceil(iv.n * (half / min(gaps)) ** 2))
     lo_v, hi_v = verdict_of(iv.low), verdict_of(iv.high)
-    text = f"uncertain: {lo_v} or {hi_v} (the 95% interval {iv.low:.2f}..{iv.high:.2f} straddles {straddled[0]:g} points"
+    text = f"uncertain: {lo_v} or {hi_v} (the 95% interval {iv.low:.2f}..{iv.high:.2f} straddles {straddled[0]:g} {unit}"
     text += f"; about {need} samples would settle it)" if need else ")"
     return Verdict(v, False, text, need)
 
@@ -151,15 +171,16 @@ def one_sample_worth(n: int) -> float:
 
 
 def drop_interval(evaluate: Metric, ref: torch.Tensor, cand: torch.Tensor, targets: torch.Tensor, *,
-                  seed: int = 0, max_seconds: float = 20.0) -> Interval:  # fmt: skip
-    """metric(ref) − metric(cand) with its interval; the default top-1 metric goes the fast way."""
+                  seed: int = 0, max_seconds: float = 20.0, higher_is_better: bool = True) -> Interval:  # fmt: skip
+    """The drop (``worse_by``) with its interval; the default top-1 metric goes the fast way."""
     from .workload import top1_accuracy
 
     if evaluate is top1_accuracy and ref.dim() == 2:
-        return paired_bootstrap(evaluate, ref, cand, targets, seed=seed,
+        return paired_bootstrap(evaluate, ref, cand, targets, seed=seed, higher_is_better=higher_is_better,
                                 per_sample=(correct_vector(ref, targets), correct_vector(cand, targets)))  # fmt: skip
     try:
-        return paired_bootstrap(evaluate, ref, cand, targets, seed=seed, max_seconds=max_seconds)
+        return paired_bootstrap(evaluate, ref, cand, targets, seed=seed, max_seconds=max_seconds,
+                                higher_is_better=higher_is_better)  # fmt: skip
     except Exception:  # noqa: BLE001 - a user metric that cannot score a resample (e.g. needs unique ids)
-        delta = float(evaluate(ref, targets) - evaluate(cand, targets))
+        delta = float(worse_by(evaluate(ref, targets), evaluate(cand, targets), higher_is_better))
         return Interval(delta=delta, low=math.nan, high=math.nan, n=int(targets.shape[0]), n_boot=0)

@@ -42,6 +42,7 @@ class EvalData:
     metric_name: str = "top-1 accuracy (%)"
     evaluate: Callable[[torch.Tensor, torch.Tensor], float] | None = None  # None: top-1 (+ top-5)
     class_names: list[str] | None = None
+    higher_is_better: bool = True  # a spec's HIGHER_IS_BETTER
 
     @property
     def targets(self) -> torch.Tensor:
@@ -68,7 +69,7 @@ def image_folder_data(root: str | Path, *, size: int = 224, resize: int | None =
 
 def spec_data(path: str | Path) -> EvalData:
     """``evaluation_batches()`` and ``evaluate()`` of a spec file (its model is not built)."""
-    from .workload import _call, _import_spec, _materialize_evaluation
+    from .workload import _call, _direction, _import_spec, _materialize_evaluation
 
     path = Path(path)
     m = _import_spec(path)
@@ -77,7 +78,8 @@ def spec_data(path: str | Path) -> EvalData:
     batches = _materialize_evaluation(_call(lambda: list(m.evaluation_batches()), f"spec {path.name}: evaluation_batches()"))
     ev = getattr(m, "evaluate", None)
     return EvalData(name=str(path), batches=batches, metric_name=getattr(m, "METRIC_NAME", "metric") if callable(ev) else
-                    "top-1 accuracy (%)", evaluate=ev if callable(ev) else None)  # fmt: skip
+                    "top-1 accuracy (%)", evaluate=ev if callable(ev) else None,
+                    higher_is_better=_direction(m, path) if callable(ev) else True)  # fmt: skip
 
 
 # --------------------------------------------------------------------------- running an engine
@@ -257,7 +259,7 @@ def validate_engine(path: str | Path, data: EvalData, *, threads: int | None = N
 
 @dataclass
 class Diff:
-    """A (reference) against B (candidate): drop = metric(A) − metric(B), with error bars."""
+    """A (reference) against B (candidate): drop = metric(A) − metric(B) (B − A for lower-is-better metrics), with error bars."""
 
     a: str
     b: str
@@ -297,8 +299,10 @@ class Diff:
         return "\n".join(lines)
 
 
-def diff(a: Results, b: Results, *, evaluate: Callable | None = None, n_boot: int = 2000, seed: int = 0) -> Diff:
-    """Paired comparison of two results on the same samples."""
+def diff(a: Results, b: Results, *, evaluate: Callable | None = None, n_boot: int = 2000, seed: int = 0,
+         higher_is_better: bool = True) -> Diff:  # fmt: skip
+    """Paired comparison of two results on the same samples; with ``higher_is_better`` False (a spec's
+    perplexity) the drop is metric(B) − metric(A) and the verdict is judged in % of metric(A)."""
     if a.n != b.n or not torch.equal(a.targets.reshape(-1), b.targets.reshape(-1)):
         raise WorkloadError(f"{a.engine} and {b.engine} were not validated on the same samples ({a.n} vs {b.n}); "
                             "run validate on the same data for both")  # fmt: skip
@@ -316,13 +320,14 @@ def diff(a: Results, b: Results, *, evaluate: Callable | None = None, n_boot: in
             per_class.append({"class": names.get(ci, str(ci)), "n": int(m.sum()), "a": float(ca[m].mean()),
                               "b": float(cb[m].mean()), "drop": civ.delta, "low": civ.low, "high": civ.high})  # fmt: skip
     if evaluate is not None:
-        iv = paired_bootstrap(lambda o, y: float(evaluate(o, y)), a.outputs, b.outputs, targets, n_boot=n_boot, seed=seed)
+        iv = paired_bootstrap(lambda o, y: float(evaluate(o, y)), a.outputs, b.outputs, targets, n_boot=n_boot, seed=seed,
+                              higher_is_better=higher_is_better)  # fmt: skip
     elif a.metric_name.startswith("top-1") and mc is not None:
         iv = paired_bootstrap(top1_accuracy, a.outputs, b.outputs, targets, n_boot=n_boot, seed=seed, per_sample=(ca, cb))
     else:
         raise WorkloadError(f"the metric '{a.metric_name}' comes from a spec's evaluate(); pass --spec SPEC.py so diff can "
                             "re-score the resampled outputs")  # fmt: skip
-    v = verdict_with_interval(iv)
+    v = verdict_with_interval(iv, None if higher_is_better or evaluate is None else a.metric)
     size_ratio = b.size_bytes / a.size_bytes if a.size_bytes else None
     la, lb = a.latency.get("median_ms"), b.latency.get("median_ms")
     return Diff(a=a.engine, b=b.engine, metric_name=a.metric_name, metric_a=a.metric, metric_b=b.metric, drop=iv,

@@ -27,10 +27,10 @@ import torch
 from .errors import WorkloadError
 
 Inputs = tuple[torch.Tensor, ...]
-Task = Literal["classification", "regression", "other"]
+Task = Literal["classification", "regression", "language_model", "other"]
 
 SAMPLES_DIR = Path(__file__).resolve().parent.parent / "sample_models"
-_SAMPLE_NAMES = ("digits_cnn", "digits_resnet", "digits_vit", "diabetes_mlp")
+_SAMPLE_NAMES = ("digits_cnn", "digits_resnet", "digits_vit", "diabetes_mlp", "tiny_lm")
 
 
 def list_samples() -> list[str]:
@@ -62,6 +62,20 @@ METRICS: tuple[str, ...] = ("accuracy", "top5", "agreement")
 AGREEMENT_NAME = "top-1 agreement with FP32 (%)"
 
 
+def worse_by(reference: float, candidate: float, higher_is_better: bool = True) -> float:
+    """How much worse ``candidate`` scores than ``reference``, in metric units; > 0 always means worse.
+
+    drop = reference − candidate when higher is better (accuracy, R²),
+    drop = candidate − reference when lower is better (perplexity, loss, error).
+    Every drop, budget, verdict, gain and Pareto front goes through here (``Workload.drop``)."""
+    return (reference - candidate) if higher_is_better else (candidate - reference)
+
+
+def relative(drop: float, reference: float) -> float:
+    """A drop in % of the reference metric: 100 · drop / |reference| (NaN when the reference is 0)."""
+    return 100.0 * drop / abs(reference) if reference else math.nan
+
+
 def default_loss(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.cross_entropy(outputs, targets.long())
 
@@ -86,6 +100,17 @@ class Workload:
     # what the user must know before trusting the numbers (e.g. random weights), shown with the result
     warnings: list[str] = field(default_factory=list)
     random_weights: bool = False
+    # a spec's HIGHER_IS_BETTER (False for perplexity, loss, error): the direction of every drop
+    higher_is_better: bool = True
+
+    def drop(self, reference: float, candidate: float) -> float:
+        """How much worse ``candidate`` is than ``reference`` (> 0: worse), see ``worse_by``."""
+        return worse_by(reference, candidate, self.higher_is_better)
+
+    @property
+    def relative_verdict(self) -> bool:
+        """Lower-is-better metrics (perplexity) are judged by their relative increase in %, not in points."""
+        return not self.higher_is_better
 
     @property
     def n_eval(self) -> int:
@@ -256,6 +281,9 @@ def _check_default_metric(outputs: torch.Tensor, targets: torch.Tensor) -> None:
 
 
 def _infer_task(outputs: torch.Tensor, targets: torch.Tensor, default_metric: bool) -> Task:
+    if (outputs.dim() == 3 and targets.dim() == 2 and not targets.is_floating_point()
+            and tuple(outputs.shape[:2]) == tuple(targets.shape) and not default_metric):  # fmt: skip
+        return "language_model"  # logits [N, S, V], next-token ids [N, S]
     if outputs.dim() == 2 and outputs.shape[1] > 1 and targets.dim() == 1 and not targets.is_floating_point():
         # with its own metric, integer targets are class ids only if each names an output column
         # (a retrieval spec's targets are item ids: 48 queries, 8-d embeddings)
@@ -343,7 +371,8 @@ def with_metric(wl: Workload, metric: Metric) -> Workload:
                 f"the evaluation targets hold class ids {lo}..{hi} but the model has {n_out} outputs, so top-5 "
                 "accuracy cannot score them; use --metric agreement if the labels are not the model's classes"
             )
-        return replace(wl, evaluate=top5_accuracy, metric_name="top-5 accuracy (%)", task="classification")
+        return replace(wl, evaluate=top5_accuracy, metric_name="top-5 accuracy (%)", task="classification",
+                       higher_is_better=True)
     # .clone(): a normal tensor, not an inference-mode one (targets may meet autograd in a loss)
     evaluation = [(x, _forward(wl.model, x, f"evaluation batch {i}").argmax(dim=1).clone()) for i, (x, _) in enumerate(wl.evaluation)]
     warnings = list(wl.warnings)
@@ -355,7 +384,7 @@ def with_metric(wl: Workload, metric: Metric) -> Workload:
         )
     return replace(
         wl, evaluation=evaluation, evaluate=top1_accuracy, metric_name=AGREEMENT_NAME, task="classification",
-        class_names=None, warnings=warnings,
+        class_names=None, warnings=warnings, higher_is_better=True,
     )  # fmt: skip
 
 
@@ -410,7 +439,16 @@ def load_spec(path: str | Path, name: str | None = None) -> Workload:
         loss=loss if callable(loss) else (default_loss if callable(training) else None),
         class_names=getattr(m, "CLASS_NAMES", None),
         images=bool(getattr(m, "IMAGES", False)),
+        higher_is_better=_direction(m, path),
     )
+
+
+def _direction(m: Any, path: Path) -> bool:
+    """A spec's ``HIGHER_IS_BETTER`` (default True); anything but a bool is refused."""
+    v = getattr(m, "HIGHER_IS_BETTER", True)
+    if not isinstance(v, bool):
+        raise WorkloadError(f"spec {path.name}: HIGHER_IS_BETTER must be True or False, got {v!r}")
+    return v
 
 
 def load_sample(name: str) -> Workload:
@@ -665,7 +703,9 @@ def load_onnx(path: str | Path, data: str | Path | None, *, metric: Metric = "ac
                       _call(lambda: list(m.evaluation_batches()), f"spec {data.name}: evaluation_batches()"),
                       ev if callable(ev) else None, description=f"{Path(path).name} on {data.name}", warnings=warnings,
                       training=training if callable(training) else None,
-                      loss=loss if callable(loss) else (default_loss if callable(training) else None))  # fmt: skip
+                      loss=loss if callable(loss) else (default_loss if callable(training) else None),
+                      metric_name=getattr(m, "METRIC_NAME", "accuracy (%)" if not callable(ev) else "metric"),
+                      higher_is_better=_direction(m, data))  # fmt: skip
     classes = image_classes(data)
     shape = model.input_shape(0)
     if len(shape) != 4:

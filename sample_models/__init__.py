@@ -1,3 +1,3 @@
 """Bundled sample models (spec files) for qanalysis."""
 
-SAMPLES = ("digits_cnn", "digits_resnet", "digits_vit", "diabetes_mlp")
+SAMPLES = ("digits_cnn", "digits_resnet", "digits_vit", "diabetes_mlp", "tiny_lm")

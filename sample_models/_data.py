@@ -129,3 +129,101 @@ def r2_percent(outputs: torch.Tensor, targets: torch.Tensor) -> float:
     ss_res = ((y - pred) ** 2).sum()
     ss_tot = ((y - y.mean()) ** 2).sum()
     return float((1.0 - ss_res / ss_tot).item() * 100.0)
+
+
+# --------------------------------------------------------------------------- text (tiny_lm)
+
+TEXT_CONTEXT = 64
+TEXT_EVAL_EVERY = 10  # every 10th chunk of the text is held out
+TEXT_CHUNK = 4096  # bytes per chunk of the split
+TEXT_N_EVAL = 64  # held-out windows scored (64 x 64 = 4096 predicted bytes)
+TEXT_N_CALIB = 16
+TEXT_EVAL_BATCH = 16
+TEXT_CALIB_BATCH = 8
+TEXT_TRAIN_BATCH = 32
+TEXT_TRAIN_WINDOWS = 3200  # random windows per epoch (~1 pass over the training bytes)
+
+
+@dataclass(frozen=True)
+class TextSplit:
+    train: np.ndarray  # uint8 bytes
+    eval: np.ndarray
+
+
+@cache
+def text_split() -> TextSplit:
+    """CPython's documentation topics (``pydoc_data.topics``, shipped with every Python), UTF-8 bytes.
+
+    The topics are joined in sorted key order and cut into chunks of ``TEXT_CHUNK`` bytes; every
+    ``TEXT_EVAL_EVERY``-th chunk is held out (evaluation), the rest is training text."""
+    from pydoc_data import topics
+
+    text = "\n\n".join(topics.topics[k] for k in sorted(topics.topics)).encode("utf-8")
+    data = np.frombuffer(text, dtype=np.uint8)
+    chunks = [data[i : i + TEXT_CHUNK] for i in range(0, len(data), TEXT_CHUNK)]
+    held = [c for i, c in enumerate(chunks) if i % TEXT_EVAL_EVERY == TEXT_EVAL_EVERY - 1]
+    train = [c for i, c in enumerate(chunks) if i % TEXT_EVAL_EVERY != TEXT_EVAL_EVERY - 1]
+    split = TextSplit(np.concatenate(train), np.concatenate(held))
+    for a in (split.train, split.eval):
+        a.setflags(write=False)
+    return split
+
+
+def _windows(data: np.ndarray, starts: np.ndarray, context: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids [N, context], next-byte targets [N, context]) from windows of context + 1 bytes."""
+    w = np.stack([data[s : s + context + 1] for s in starts]).astype(np.int64)
+    return torch.tensor(w[:, :-1]), torch.tensor(w[:, 1:])
+
+
+@cache
+def _unseen_starts(context: int) -> np.ndarray:
+    """``TEXT_N_EVAL`` window starts spread evenly over the held-out text, among the windows whose
+    bytes occur nowhere in the training text (the documentation repeats whole passages, and a
+    repeated passage would measure memory, not language modelling)."""
+    s = text_split()
+    train = s.train.tobytes()
+    cands = np.linspace(0, len(s.eval) - context - 2, 8 * TEXT_N_EVAL).astype(np.int64)
+    unseen = [c for c in cands if s.eval[c : c + context].tobytes() not in train]
+    pick = np.linspace(0, len(unseen) - 1, TEXT_N_EVAL).round().astype(np.int64)
+    return np.asarray(unseen, dtype=np.int64)[pick]
+
+
+def text_evaluation_batches(context: int = TEXT_CONTEXT) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``TEXT_N_EVAL`` held-out windows that do not occur in the training text, in batches."""
+    x, y = _windows(text_split().eval, _unseen_starts(context), context)
+    return list(zip(x.split(TEXT_EVAL_BATCH), y.split(TEXT_EVAL_BATCH)))
+
+
+def text_calibration_batches(context: int = TEXT_CONTEXT) -> list[torch.Tensor]:
+    """``TEXT_N_CALIB`` windows spread evenly over the training text (a subset of what it trained on)."""
+    data = text_split().train
+    starts = np.linspace(0, len(data) - context - 2, TEXT_N_CALIB).astype(np.int64)
+    x, _ = _windows(data, starts, context)
+    return list(x.split(TEXT_CALIB_BATCH))
+
+
+def text_training_batches(seed: int = TRAIN_SHUFFLE_SEED, context: int = TEXT_CONTEXT) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``TEXT_TRAIN_WINDOWS`` windows at seeded random offsets of the training text (same seed, same windows)."""
+    data = text_split().train
+    g = torch.Generator().manual_seed(seed)
+    starts = torch.randint(0, len(data) - context - 1, (TEXT_TRAIN_WINDOWS,), generator=g).numpy()
+    x, y = _windows(data, starts, context)
+    return list(zip(x.split(TEXT_TRAIN_BATCH), y.split(TEXT_TRAIN_BATCH)))
+
+
+def perplexity(outputs: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100) -> float:
+    """exp(mean over predicted tokens of −log p(target)); outputs [N, S, V] logits, targets [N, S]
+    next-token ids (``ignore_index`` positions, e.g. padding, are not scored)."""
+    logits = outputs.detach().float().reshape(-1, outputs.shape[-1])
+    nll = torch.nn.functional.cross_entropy(logits, targets.reshape(-1).long(), ignore_index=ignore_index)
+    return float(torch.exp(nll).item())
+
+
+def unigram_perplexity() -> float:
+    """A unigram model's held-out perplexity per byte: byte frequencies of the training text
+    (add-one smoothed), scored on the same held-out windows as the model."""
+    s = text_split()
+    counts = np.bincount(s.train, minlength=256).astype(np.float64) + 1.0
+    logp = np.log(counts / counts.sum())
+    y = torch.cat([t for _, t in text_evaluation_batches()]).reshape(-1).numpy()
+    return float(np.exp(-logp[y].mean()))

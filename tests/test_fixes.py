@@ -84,7 +84,7 @@ def test_cle_preserves_fp32(source, monkeypatch):
     fixed = apply_fixes(wl, qg, cfg(fixes=("cle",)))
     a, b = float_outputs(qg, wl), float_outputs(fixed.qg, wl)
     assert float((a - b).abs().max() / a.abs().max()) < 1e-4
-    if "vit" in source:  # no ReLU-joined linear pairs in a transformer
+    if "vit" in source or "tiny_lm" in source:  # no ReLU-joined linear pairs in a transformer
         assert "no equalizable" in fixed.notes[0]
     else:
         assert "equalized" in fixed.notes[0] and fixed.qg is not qg
@@ -161,10 +161,10 @@ def test_adaround_beats_round_to_nearest_w4a8(name, fast, monkeypatch):
         monkeypatch.setattr(ar, "SEED", seed)
         m, q, _ = simulate(wl, cfg(W4A8, ("adaround",)))
         assert M.sqnr_db(fp, q) > rtn_sqnr + 0.5, (seed, M.sqnr_db(fp, q), rtn_sqnr)
-        if fp32 - rtn >= 0.5:  # round-to-nearest loses something: AdaRound gets part of it back
-            assert m > rtn, (seed, m, rtn)
+        if wl.drop(fp32, rtn) >= 0.5:  # round-to-nearest loses something: AdaRound gets part of it back
+            assert wl.drop(m, rtn) > 0, (seed, m, rtn)  # RTN is worse (drops follow the metric's direction)
         else:  # nothing to recover (RTN within 0.5 of FP32): no material loss either
-            assert m >= rtn - 0.5, (seed, m, rtn)
+            assert wl.drop(rtn, m) <= 0.5, (seed, m, rtn)
 
 
 @pytest.mark.parametrize("name", list_samples())
@@ -174,10 +174,10 @@ def test_qat_beats_ptq_w4a8(name, fast, monkeypatch):
     for seed in (0, 1):
         monkeypatch.setattr(qt, "SEED", seed)
         m, _, notes = simulate(wl, cfg(W4A8, ("qat",)))
-        if fp32 - ptq >= 0.5:
-            assert m > ptq, (seed, m, ptq, notes)
+        if wl.drop(fp32, ptq) >= 0.5:
+            assert wl.drop(m, ptq) > 0, (seed, m, ptq, notes)  # PTQ is worse
         else:
-            assert m >= ptq - 0.5, (seed, m, ptq, notes)
+            assert wl.drop(ptq, m) <= 0.5, (seed, m, ptq, notes)
 
 
 def test_adaround_and_qat_recover_w3a8_digits_cnn(fast, monkeypatch):

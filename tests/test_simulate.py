@@ -98,8 +98,15 @@ SCHEMES = {
 }
 
 
+# ORT's own MinMax calibrator takes the attention mask's −inf into the range of tiny_lm's masked
+# scores (the Softmax input): its QuantizeLinear scale is inf and its engine scores perplexity 23.6
+# against 5.6. qanalysis skips mask values (calibrate.MASK_ABS) and its own engine agrees (test_export).
+_ORT_OWN_CALIBRATION_FAILS = {"tiny_lm": "ORT's own calibration gives the −inf-masked attention scores an infinite scale"}
+
+
 @pytest.mark.parametrize("scheme_name", list(SCHEMES))
-@pytest.mark.parametrize("name", list_samples())
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=_ORT_OWN_CALIBRATION_FAILS[n]))
+                                  if n in _ORT_OWN_CALIBRATION_FAILS else n for n in list_samples()])  # fmt: skip
 def test_simulation_predicts_the_real_engine(name, scheme_name):
     """|simulated − ORT quantize_static engine| ≤ 0.3 points, ORT calibrating on its own."""
     scheme = SCHEMES[scheme_name]

@@ -7,7 +7,7 @@ from qanalysis.workload import list_samples, load_spec, load_workload
 
 
 def test_samples_registry():
-    assert list_samples() == ["digits_cnn", "digits_resnet", "digits_vit", "diabetes_mlp"]
+    assert list_samples() == ["digits_cnn", "digits_resnet", "digits_vit", "diabetes_mlp", "tiny_lm"]
 
 
 def test_regression_sample_has_regression_task():

@@ -1,0 +1,155 @@
+"""Sample: a tiny byte-level decoder-only transformer (GPT-style) trained on CPython's documentation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+try:  # imported as part of the ``sample_models`` package
+    from . import _data
+except ImportError:  # loaded standalone by file path (importlib.util.spec_from_file_location)
+    import importlib.util
+    import sys
+
+    def _load_sibling_data():
+        path = Path(__file__).resolve().with_name("_data.py")
+        name = "_qanalysis_sample_models_data"
+        mod = sys.modules.get(name)
+        if mod is not None and Path(mod.__file__).resolve() == path:
+            return mod
+        spec = importlib.util.spec_from_file_location(name, path)
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[name] = mod  # registered before exec (dataclasses need it)
+        spec.loader.exec_module(mod)
+        return mod
+
+    _data = _load_sibling_data()
+
+DESCRIPTION = (
+    "Tiny byte-level GPT: 4 pre-LN blocks (d=96, 4 heads, causal MatMul/Softmax attention, GELU MLP), "
+    "context 64, on CPython's pydoc_data documentation topics"
+)
+METRIC_NAME = "perplexity (per byte)"
+HIGHER_IS_BETTER = False
+CHECKPOINT = Path(__file__).with_name("tiny_lm.pt")
+VOCAB = 256  # bytes
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head causal self-attention written out (no fused SDPA), the projections named as in Llama."""
+
+    def __init__(self, dim: int, num_heads: int, context: int) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim {dim} is not a multiple of num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.scale = self.head_dim**-0.5
+        self.q_proj = nn.Linear(dim, dim)
+        self.k_proj = nn.Linear(dim, dim)
+        self.v_proj = nn.Linear(dim, dim)
+        self.o_proj = nn.Linear(dim, dim)
+        self.register_buffer("mask", torch.ones(context, context).tril().view(1, 1, context, context), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, S, C = x.shape
+        q, k, v = (p(x).view(B, S, self.num_heads, self.head_dim).transpose(1, 2) for p in (self.q_proj, self.k_proj, self.v_proj))
+        attn = (q @ k.transpose(-2, -1)) * self.scale  # (B, heads, S, S)
+        attn = attn.masked_fill(self.mask[:, :, :S, :S] == 0, float("-inf")).softmax(dim=-1)
+        return self.o_proj((attn @ v).transpose(1, 2).reshape(B, S, C))
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.up_proj = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.down_proj = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(self.act(self.up_proj(x)))
+
+
+class Block(nn.Module):
+    """Pre-LayerNorm decoder block."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: int, context: int) -> None:
+        super().__init__()
+        self.input_layernorm = nn.LayerNorm(dim)
+        self.self_attn = CausalSelfAttention(dim, num_heads, context)
+        self.post_attention_layernorm = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim, dim * mlp_ratio)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x))
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class TinyLM(nn.Module):
+    """ids (N, S) int64 bytes -> logits (N, S, 256) for the next byte; S ≤ context."""
+
+    def __init__(self, dim: int = 96, depth: int = 4, num_heads: int = 4, mlp_ratio: int = 4,
+                 context: int = _data.TEXT_CONTEXT) -> None:  # fmt: skip
+        super().__init__()
+        self.embed_tokens = nn.Embedding(VOCAB, dim)
+        self.embed_positions = nn.Parameter(torch.zeros(1, context, dim))
+        self.layers = nn.ModuleList([Block(dim, num_heads, mlp_ratio, context) for _ in range(depth)])
+        self.norm = nn.LayerNorm(dim)
+        self.lm_head = nn.Linear(dim, VOCAB)
+        nn.init.normal_(self.embed_tokens.weight, std=0.02)
+        nn.init.normal_(self.embed_positions, std=0.02)
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, std=0.02)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        x = self.embed_tokens(ids) + self.embed_positions[:, : ids.shape[1]]
+        for layer in self.layers:
+            x = layer(x)
+        return self.lm_head(self.norm(x))
+
+
+def create_model() -> nn.Module:
+    """A freshly initialised (untrained) model."""
+    return TinyLM()
+
+
+def build_model() -> nn.Module:
+    """The trained model, weights from the committed checkpoint, in eval() mode."""
+    model = create_model()
+    model.load_state_dict(torch.load(CHECKPOINT, map_location="cpu", weights_only=True))
+    return model.eval()
+
+
+def calibration_batches() -> list[torch.Tensor]:
+    """16 windows of 64 training bytes in batches of 8: int64 (N, 64)."""
+    return _data.text_calibration_batches()
+
+
+def evaluation_batches() -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """64 held-out windows in batches of 16: (int64 (N, 64) bytes, int64 (N, 64) next bytes)."""
+    return _data.text_evaluation_batches()
+
+
+def evaluate(outputs: torch.Tensor, targets: torch.Tensor) -> float:
+    """Perplexity per byte over all evaluation outputs: exp(mean −log p(next byte)); lower is better."""
+    return _data.perplexity(outputs, targets)
+
+
+def training_batches(seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """3200 windows at random offsets of the training text in batches of 32 (same seed -> same windows)."""
+    return _data.text_training_batches(seed=seed)
+
+
+def unigram_perplexity() -> float:
+    """The baseline a language model must beat: a unigram byte model's perplexity on the same held-out windows."""
+    return _data.unigram_perplexity()
+
+
+def loss(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean next-byte cross-entropy (outputs (N, S, 256), targets (N, S); -100 is ignored)."""
+    return F.cross_entropy(outputs.reshape(-1, outputs.shape[-1]), targets.reshape(-1), ignore_index=-100)
