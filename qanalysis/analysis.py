@@ -18,9 +18,10 @@ import pandas as pd
 import torch
 
 from .baseline import Baseline, measure_baseline
-from .calibrate import TensorStats, collect_stats
+from .calibrate import TensorStats
 from .errors import ConfigError, WorkloadError
 from .graph import QuantGraph, prepare
+from .quantized import check_config, prepare_simulator  # noqa: F401 - re-exported: analysis' public API
 from .outliers import OutlierRow, TensorSummary, find_outliers, outliers_frame, recommend
 from .scheme import Config
 from .sensitivity import SensitivityResult, analyze_layers
@@ -104,29 +105,6 @@ def verdict_drop(wl: Workload, fp32_metric: float, drop: float) -> float:
     """The number the verdict thresholds apply to: the drop in points, or for lower-is-better
     metrics (perplexity) the relative increase in % of the FP32 metric."""
     return relative(drop, fp32_metric) if wl.relative_verdict else drop
-
-
-def check_config(config: Config, qg: QuantGraph) -> None:
-    """Every layer a config names exists (a layer name or its leaf module); fixes are known."""
-    known = set(qg.by_name) | {l.module for l in qg.layers if l.module}
-    for name in config.layers:
-        if name not in known:
-            qg.layer(name)  # raises ConfigError with suggestions
-    from .scheme import WEIGHT_ONLY
-    from .simulate import weight_only_layout
-
-    for name, p in config.layers.items():
-        if p in WEIGHT_ONLY and name in qg.by_name and weight_only_layout(qg, qg.by_name[name]) is None:
-            op = qg.program.nodes[qg.by_name[name].node].op
-            raise ConfigError(f"layer {name!r}: weight-only {p!r} applies to MatMul/Gemm layers with a constant "
-                              f"weight (ONNX Runtime's MatMulNBits); {name} is a {op}")  # fmt: skip
-    if config.fixes:
-        from .fixes import FIXES, list_fixes
-
-        avail = list_fixes()
-        for f in config.fixes:
-            if f not in FIXES:
-                raise ConfigError(f"unknown fix {f!r}; available: {', '.join(avail) or 'none in this version'}")
 
 
 def per_class_frame(wl: Workload, fp: torch.Tensor, q: torch.Tensor) -> pd.DataFrame | None:
@@ -308,31 +286,6 @@ class Analysis:
             s["per_class_worst"] = {"class": str(worst["class"]), "delta": float(worst["delta"])}
             s["n_flipped"] = int(len(self.flips)) if self.flips is not None else 0
         return s
-
-
-def prepare_simulator(
-    workload: Workload, qg: QuantGraph, config: Config, *, progress: Progress | None = None
-) -> tuple[Simulator, dict[str, TensorStats], list[str], torch.Tensor | None]:
-    """Calibrate (after the config's fixes, if any) and build the Simulator.
-
-    Returns (simulator, stats, fix notes, original FP32 outputs when the fixes changed the float
-    model so that its own FP32 is no longer the reference, else None)."""
-    if not config.fixes:  # histograms always: they feed the Distributions page and the previews
-        stats = collect_stats(qg.program, workload.calibration, qg.quantized_tensors, histograms=True)
-        return Simulator(qg, stats, config.scheme), stats, [], None
-    from .fixes import FIXES, apply_fixes
-
-    fixed = apply_fixes(workload, qg, config, progress=progress)
-    sim = Simulator(fixed.qg, fixed.stats, config.scheme)
-    sim.overrides.update(fixed.act_ranges)
-    sim.weight_qparams_override.update(fixed.weight_qparams)
-    reference = None
-    if any(not FIXES[f].preserves_fp32 for f in fixed.applied):
-        with torch.inference_mode():
-            reference = torch.cat(
-                [qg.program.run(dict(zip(qg.input_names, x)))[qg.program.outputs[0]].float() for x, _ in workload.evaluation]
-            )
-    return sim, fixed.stats, fixed.notes, reference
 
 
 def analyze(

@@ -22,6 +22,7 @@ import pandas as pd
 import torch
 
 from .errors import ConfigError, ExportError
+from .quantized import simulate_outputs
 from .scheme import Config
 from .workload import Workload
 
@@ -108,18 +109,6 @@ def load_configs(paths: Sequence[str | Path]) -> dict[str, Config]:
     return out
 
 
-def _simulate(wl: Workload, config: Config, progress: Progress):
-    from .analysis import check_config, prepare_simulator
-    from .graph import prepare
-
-    qg = prepare(wl, config.scheme)
-    check_config(config, qg)
-    sim, _, notes, _ = prepare_simulator(wl, qg, config, progress=progress)
-    plan = sim.plan(config)
-    outs = sim.outputs(wl.evaluation, plan)
-    return outs, notes
-
-
 def fp32_outputs(wl: Workload) -> torch.Tensor:
     """The original float graph's outputs on the evaluation data (the FP32 reference)."""
     from .graph import prepare
@@ -139,7 +128,7 @@ def compare(
     engines: bool = True,
 ) -> Comparison:
     """FP32 and each config, simulated and (where the engine supports it) exported to ``out/LABEL``."""
-    from .analysis import check_config
+    from .quantized import check_config
     from .baseline import first_sample, time_calls
     from .engine import run_session, session
     from .graph import prepare
@@ -181,7 +170,7 @@ def _compare_one(
     from .stats import drop_interval
 
     say(f"{label}: simulating" + (f" with {', '.join(cfg.fixes)}" if cfg.fixes else ""))
-    q, notes[label] = _simulate(wl, cfg, say)
+    q, notes[label] = simulate_outputs(wl, cfg, say)
     metric = wl.score(q)
     iv = drop_interval(wl.evaluate, fp, q, wl.targets(), max_seconds=5.0, higher_is_better=wl.higher_is_better)
     row = CompareRow(config=label, fixes="+".join(cfg.fixes), scheme=cfg.scheme.label(),
@@ -224,7 +213,7 @@ def preview_fix(wl: Workload, config: Config, fix_name: str, *, progress: Progre
     before = Config(scheme=config.scheme, layers=config.layers, fixes=tuple(f for f in config.fixes if f != fix_name))
     after = Config(scheme=config.scheme, layers=config.layers, fixes=(*before.fixes, fix_name))
     say = progress or (lambda m: None)
-    q0, _ = _simulate(wl, before, say)
-    q1, notes = _simulate(wl, after, say)
+    q0, _ = simulate_outputs(wl, before, say)
+    q1, notes = simulate_outputs(wl, after, say)
     m0, m1 = wl.score(q0), wl.score(q1)
     return {"fix": fix_name, "metric_before": m0, "metric_after": m1, "gain": m1 - m0, "notes": notes}

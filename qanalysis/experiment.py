@@ -145,7 +145,7 @@ def environment() -> dict[str, Any]:
 
 def run_cell(cell: Cell, wl, fp32: dict, engines: bool, workdir: Path, progress: Progress) -> dict:
     """One cell: simulated metric (and the engine's) of the cell's config on the seed's draw."""
-    from .compare import _simulate
+    from .quantized import simulate_outputs
     from .repeats import resample_calibration, seeded
     from .stats import drop_interval
 
@@ -153,7 +153,7 @@ def run_cell(cell: Cell, wl, fp32: dict, engines: bool, workdir: Path, progress:
     t0 = time.perf_counter()
     with seeded(cell.seed):
         wl_s = resample_calibration(wl, cell.seed)
-        q, _ = _simulate(wl_s, cfg, progress)
+        q, _ = simulate_outputs(wl_s, cfg, progress)
         metric = wl.score(q)
         iv = drop_interval(wl.evaluate, fp32["outputs"], q, wl.targets(), max_seconds=5.0, higher_is_better=wl.higher_is_better)
         row = {"model": cell.model, "scheme": cell.scheme_name, "calibration": cell.calibration,

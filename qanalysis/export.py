@@ -226,7 +226,7 @@ def export(
     check_layers: bool = True,
 ) -> ExportReport:
     """Build and verify the engines for ``config``; files go to ``out``."""
-    from .analysis import check_config, prepare_simulator
+    from .quantized import check_config, prepare_simulator
 
     config = config or Config()
     say = progress or (lambda m: None)

@@ -153,7 +153,7 @@ FIX_LABELS = {"cle": "cross-layer equalization (fixes: [\"cle\"])", "smoothquant
 
 def _with_fix_metric(wl: Workload, config: Config, fix: str, progress: Callable[[str], None] | None) -> float | None:
     """The simulated metric of ``config`` plus ``fix`` (None when the fix is unavailable or fails)."""
-    from .compare import _simulate
+    from .quantized import simulate_outputs
     from .errors import QAnalysisError
     from .fixes import FIXES, list_fixes
 
@@ -163,7 +163,7 @@ def _with_fix_metric(wl: Workload, config: Config, fix: str, progress: Callable[
     if progress:
         progress(f"measuring what {fix} would gain")
     try:
-        out, _ = _simulate(wl, Config(scheme=config.scheme, layers=config.layers, fixes=(*config.fixes, fix)), progress or (lambda m: None))
+        out, _ = simulate_outputs(wl, Config(scheme=config.scheme, layers=config.layers, fixes=(*config.fixes, fix)), progress or (lambda m: None))
     except QAnalysisError:
         return None
     return wl.score(out)
