@@ -16,6 +16,7 @@ from typing import Callable, Iterable
 import torch
 
 from .interpreter import Program
+from .memory import Footprints, chunk_size, split
 from .scheme import ActivationSpec, QRange, compute_scale_zp
 from .workload import Inputs
 
@@ -111,22 +112,37 @@ def collect_stats(
     histograms: bool = True,
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, TensorStats]:
-    """Run the float graph over ``batches`` and observe ``tensors``."""
+    """Run the float graph over ``batches`` and observe ``tensors``.
+
+    A run keeps every observed tensor of its batch, so a batch runs in chunks of as many
+    samples as fit the memory budget (``memory.current_budget()``); a batch that fits runs
+    whole. Min, max, per-channel absmax and histogram counts do not depend on the chunking;
+    the moments' float sums can differ in their last bits."""
     wanted = set(tensors)
     accs = {t: _Acc() for t in wanted}
-    feeds = [dict(zip(program.inputs, b)) for b in batches]
+    footprints = Footprints(program, program.inputs)
+
+    def chunks(b: Inputs) -> list[dict[str, torch.Tensor]]:
+        fp = footprints(b)
+        size = chunk_size(fp.kept(wanted) + fp.live, int(b[0].shape[0]))
+        return [dict(zip(program.inputs, c)) for c in split(b, size)]
+
     with torch.inference_mode():
-        for f in feeds:
-            env = program.run(f, keep=wanted)
-            for t in wanted:
-                if t in env:
-                    accs[t].first(env[t])
-        if histograms:
-            for f in feeds:
+        for b in batches:
+            for f in chunks(b):
                 env = program.run(f, keep=wanted)
                 for t in wanted:
                     if t in env:
-                        accs[t].second(env[t])
+                        accs[t].first(env[t])
+                del env
+        if histograms:
+            for b in batches:
+                for f in chunks(b):
+                    env = program.run(f, keep=wanted)
+                    for t in wanted:
+                        if t in env:
+                            accs[t].second(env[t])
+                    del env
     return {t: a.stats(t) for t, a in accs.items() if a.n}
 
 

@@ -26,8 +26,10 @@ from typing import Callable
 import pandas as pd
 import torch
 
+from . import memory
 from . import metrics as M
 from .graph import Layer
+from .interpreter import Program
 from .scheme import Config
 from .simulate import SimPlan, Simulator
 from .workload import Workload
@@ -98,6 +100,9 @@ class SensitivityResult:
     nodes_naive: int
     seconds: float
     proxy_correlation: dict[str, dict[str, float]] = field(default_factory=dict)
+    memory_budget: int = 0  # bytes of tensors the run was allowed to hold
+    bytes_per_sample: int = 0  # kept FP32 + kept quantized + one run's live tensors, per sample
+    chunk_samples: int = 0  # samples per chunk the budget allows (a batch of more is split)
 
     @property
     def drop(self) -> float:
@@ -146,6 +151,18 @@ def _plans(sim: Simulator, config: Config) -> tuple[SimPlan, SimPlan, dict[str, 
     return full, fp, only, all_but
 
 
+def boundary_inputs(prog: Program, dirty: set[int]) -> set[str]:
+    """Tensors a partial run over ``dirty`` reads from its cached environment: the inputs of
+    dirty nodes that no dirty node produces (graph inputs and initializers excluded)."""
+    out = set()
+    for i in dirty:
+        for t in prog.nodes[i].inputs:
+            p = prog.producer.get(t)
+            if p is not None and p not in dirty:
+                out.add(t)
+    return out
+
+
 def analyze_layers(
     wl: Workload,
     sim: Simulator,
@@ -153,8 +170,16 @@ def analyze_layers(
     *,
     progress: Progress | None = None,
     incremental: bool = True,
+    memory_budget: int | None = None,
 ) -> SensitivityResult:
-    """Only-this-layer and all-but-this-layer runs for every layer, with prefix reuse."""
+    """Only-this-layer and all-but-this-layer runs for every layer, with prefix reuse.
+
+    Memory: the FP32 and fully quantized runs keep only what the partial runs and the proxies
+    read, and each evaluation batch runs in chunks of as many samples as fit ``memory_budget``
+    (default: the run's, ``memory.current_budget()``) at what one sample costs: the tensors
+    kept from both runs plus one run's live tensors, measured on one sample. When the whole
+    batch fits, the chunk is the batch and the numbers are exactly those of an unchunked run;
+    smaller chunks can change float rounding in the last bits (tests/test_memory.py)."""
     t0 = time.perf_counter()
     qg, prog = sim.qg, sim.prog
     full, fp, only, all_but = _plans(sim, config)
@@ -167,12 +192,29 @@ def analyze_layers(
         dirty_all = {k: all_nodes for k in dirty_all}
     out_name = prog.outputs[0]
     layers = qg.layers
+    # What the FP32 and the fully quantized runs must keep; everything else is freed as it is read.
+    consts = set(prog.initializers)
+    keep_fp = {out_name} | {l.output for l in layers} | {t for l in layers for _, t in l.act_inputs}
+    keep_q = {out_name} | {l.output for l in layers}
+    for d in dirty_only.values():
+        keep_fp |= boundary_inputs(prog, d)
+    for d in dirty_all.values():
+        keep_q |= boundary_inputs(prog, d)
+    keep_fp -= consts
+    keep_q -= consts
+    budget = memory.current_budget() if memory_budget is None else memory_budget
+    footprints = memory.Footprints(prog, qg.input_names)
+    per_sample = 0
     acc_w = {l.name: _Acc() for l in layers}
     acc_a = {l.name: _Acc() for l in layers}
     acc_o = {l.name: _Acc() for l in layers}
     acc_d = {l.name: _Acc() for l in layers}
     clip = {l.name: [0, 0] for l in layers}
     outs_fp, outs_q = [], []
+    # The model outputs of every only-L and all-but-L run, kept until the end because evaluate()
+    # is called once on all outputs: 2 × layers × samples × output size floats (a 1000-class head,
+    # 200 layers, 1000 samples: 1.6 GB; a 10-class head: 16 MB). They grow with the data; the
+    # activations above do not.
     outs_only: dict[str, list[torch.Tensor]] = {l.name: [] for l in layers}
     outs_allbut: dict[str, list[torch.Tensor]] = {l.name: [] for l in layers}
     nodes_run = 0
@@ -183,41 +225,21 @@ def analyze_layers(
             if key is not None:
                 acc_w[l.name].add(prog.initializers[w].float(), sim._weight(key))
     n_batches = len(wl.evaluation)
+    chunks_run = 0
     with torch.inference_mode():
-        for bi, (x, _) in enumerate(wl.evaluation):
-            feeds = dict(zip(qg.input_names, x))
-            fp_env = sim.run(feeds, fp, keep=True)
-            q_env = sim.run(feeds, full, keep=True)
-            nodes_run += 2 * n_nodes
-            outs_fp.append(fp_env[out_name].float())
-            outs_q.append(q_env[out_name].float())
-            for l in layers:
-                name = l.name
-                # tensor proxies on this batch: each input as the only-this-layer run quantizes it
-                for pos, t in l.act_inputs:
-                    key = only[name].edges.get((l.node, pos))
-                    if key is None or t not in fp_env or not fp_env[t].is_floating_point():
-                        continue
-                    v = fp_env[t]
-                    acc_a[name].add(v, sim._apply(key, v, t))
-                    clip[name][1] += v.numel()
-                    if key[0] == "q":  # dynamic ranges are each sample's own min/max: nothing clips
-                        qp = sim.act_qparams(t)
-                        lo = float((qp.qrange.qmin - qp.zero_point) * qp.scale)
-                        hi = float((qp.qrange.qmax - qp.zero_point) * qp.scale)
-                        clip[name][0] += int(((v < lo - 1e-12) | (v > hi + 1e-12)).sum())
-                if l.output in q_env and l.output in fp_env:
-                    acc_d[name].add(fp_env[l.output], q_env[l.output])
-                env = sim.run(feeds, only[name], env=fp_env, nodes=dirty_only[name], keep=True)
-                nodes_run += len(dirty_only[name])
-                outs_only[name].append(env[out_name].float())
-                if l.output in env:
-                    acc_o[name].add(fp_env[l.output], env[l.output])
-                env = sim.run(feeds, all_but[name], env=q_env, nodes=dirty_all[name], keep=True)
-                nodes_run += len(dirty_all[name])
-                outs_allbut[name].append(env[out_name].float())
+        for bi, (xb, _) in enumerate(wl.evaluation):
+            fpr = footprints(xb)
+            # held at once: the two kept environments, plus one run's live tensors
+            per_sample = max(per_sample, fpr.kept(keep_fp) + fpr.kept(keep_q) + fpr.live)
+            size = memory.chunk_size(per_sample, int(xb[0].shape[0]), budget)
+            for x in memory.split(xb, size):
+                chunks_run += 1
+                nodes_run += _sensitivity_chunk(
+                    sim, x, fp, full, only, all_but, dirty_only, dirty_all, keep_fp, keep_q,
+                    acc_a, acc_o, acc_d, clip, outs_fp, outs_q, outs_only, outs_allbut,
+                )  # fmt: skip
             if progress:
-                progress(f"per-layer sensitivity: batch {bi + 1}/{n_batches} ({len(layers)} layers)")
+                progress(f"per-layer sensitivity: batch {bi + 1}/{n_batches} ({len(layers)} layers, chunks of {size})")
     fp_out, q_out = torch.cat(outs_fp), torch.cat(outs_q)
     fp_metric, q_metric = wl.score(fp_out), wl.score(q_out)
     q_drop = fp_metric - q_metric
@@ -258,11 +280,56 @@ def analyze_layers(
         int8_outputs=q_out,
         only_outputs=only_cat,
         nodes_run=nodes_run,
-        nodes_naive=n_batches * n_nodes * (2 + 2 * len(layers)),
+        nodes_naive=chunks_run * n_nodes * (2 + 2 * len(layers)),
         seconds=time.perf_counter() - t0,
+        memory_budget=budget,
+        bytes_per_sample=per_sample,
+        chunk_samples=memory.chunk_size(per_sample, 2**62, budget),
     )
     res.proxy_correlation = proxy_correlation(rows)
     return res
+
+
+def _sensitivity_chunk(
+    sim, x, fp, full, only, all_but, dirty_only, dirty_all, keep_fp, keep_q,
+    acc_a, acc_o, acc_d, clip, outs_fp, outs_q, outs_only, outs_allbut,
+) -> int:  # fmt: skip
+    """One chunk of one evaluation batch: the FP32 and fully quantized runs, then every layer's
+    two partial runs from them. Returns the number of node executions."""
+    qg, prog = sim.qg, sim.prog
+    out_name = prog.outputs[0]
+    feeds = dict(zip(qg.input_names, x))
+    fp_env = sim.run(feeds, fp, keep=keep_fp)
+    q_env = sim.run(feeds, full, keep=keep_q)
+    nodes_run = 2 * len(prog.nodes)
+    outs_fp.append(fp_env[out_name].float())
+    outs_q.append(q_env[out_name].float())
+    for l in qg.layers:
+        name = l.name
+        # tensor proxies on this batch: each input as the only-this-layer run quantizes it
+        for pos, t in l.act_inputs:
+            key = only[name].edges.get((l.node, pos))
+            if key is None or t not in fp_env or not fp_env[t].is_floating_point():
+                continue
+            v = fp_env[t]
+            acc_a[name].add(v, sim._apply(key, v, t))
+            clip[name][1] += v.numel()
+            if key[0] == "q":  # dynamic ranges are each sample's own min/max: nothing clips
+                qp = sim.act_qparams(t)
+                lo = float((qp.qrange.qmin - qp.zero_point) * qp.scale)
+                hi = float((qp.qrange.qmax - qp.zero_point) * qp.scale)
+                clip[name][0] += int(((v < lo - 1e-12) | (v > hi + 1e-12)).sum())
+        if l.output in q_env and l.output in fp_env:
+            acc_d[name].add(fp_env[l.output], q_env[l.output])
+        env = sim.run(feeds, only[name], env=fp_env, nodes=dirty_only[name], keep={l.output})
+        nodes_run += len(dirty_only[name])
+        outs_only[name].append(env[out_name].float())
+        if l.output in env:
+            acc_o[name].add(fp_env[l.output], env[l.output])
+        env = sim.run(feeds, all_but[name], env=q_env, nodes=dirty_all[name], keep=set())
+        nodes_run += len(dirty_all[name])
+        outs_allbut[name].append(env[out_name].float())
+    return nodes_run
 
 
 PROXIES = {
