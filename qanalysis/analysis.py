@@ -20,6 +20,7 @@ from .baseline import Baseline, measure_baseline
 from .calibrate import TensorStats, collect_stats
 from .errors import ConfigError, WorkloadError
 from .graph import QuantGraph, prepare
+from .memory import peak_rss_bytes
 from .outliers import OutlierRow, TensorSummary, find_outliers, outliers_frame, recommend
 from .scheme import Config
 from .sensitivity import SensitivityResult, analyze_layers
@@ -241,6 +242,13 @@ class Analysis:
             "n_layers": len(self.qgraph.layers),
             "n_calibration_samples": wl.n_calib,
             "n_evaluation_samples": wl.n_eval,
+            "eval_samples": wl.sample_limits.get("eval_samples"),  # --eval-samples (None: all)
+            "calib_samples": wl.sample_limits.get("calib_samples"),  # --calib-samples (None: all)
+            "memory_budget_bytes": self.sens.memory_budget,
+            "sensitivity_bytes_per_sample": self.sens.bytes_per_sample,
+            "sensitivity_chunk_samples": self.sens.chunk_samples,
+            # the process' peak so far (ru_maxrss): everything the run did, the baseline's engines included
+            "peak_rss_bytes": peak_rss_bytes(),
             "proxy_rank_correlation": self.sens.proxy_correlation,
             "sensitivity_node_runs": self.sens.nodes_run,
             "sensitivity_node_runs_naive": self.sens.nodes_naive,

@@ -2,6 +2,7 @@
 
     qanalysis samples
     qanalysis analyze MODEL --out DIR [--config CONFIG.json] [--data DIR]
+                      [--eval-samples N] [--calib-samples N] [--memory-budget 2GB]  (every model command)
     qanalysis search  MODEL --max-drop PCT [--objective latency|size] --out DIR [--config CONFIG.json]
     qanalysis export  MODEL --out DIR [--config CONFIG.json] [--mode int8|dynamic|fp16]
     qanalysis compare MODEL --configs A.json B.json ... --out DIR
@@ -35,6 +36,16 @@ class _Parser(argparse.ArgumentParser):
         raise QAnalysisError(f"{message} (see '{self.prog} --help')")
 
 
+def _count(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of samples, 1 or more; got {text!r}")
+    return n
+
+
 def _progress(quiet: bool):
     t0 = time.perf_counter()
 
@@ -50,6 +61,14 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
     sub.add_parser("samples", help="list the bundled sample workloads")
 
+    def bounds(c: argparse.ArgumentParser) -> None:
+        from .memory import parse_bytes
+
+        c.add_argument("--eval-samples", type=_count, metavar="N", help="use only the first N evaluation samples")
+        c.add_argument("--calib-samples", type=_count, metavar="N", help="use only the first N calibration samples")
+        c.add_argument("--memory-budget", type=parse_bytes, metavar="SIZE", default=None,
+                       help="bytes of tensors the run may hold at once, e.g. 2GB (default), 512M; K/M/G are powers of 1024")  # fmt: skip
+
     def model_cmd(name: str, help: str) -> argparse.ArgumentParser:
         c = sub.add_parser(name, help=help)
         c.add_argument("model", metavar="MODEL", help="sample:NAME | torchvision:ARCH[@WEIGHTS.pt] | path/to/spec.py")
@@ -58,6 +77,7 @@ def _parser() -> argparse.ArgumentParser:
         c.add_argument("--config", type=Path, help="config JSON (scheme, per-layer precision, fixes)")
         c.add_argument("--data", type=Path, help="image folder (one sub-folder per class) for torchvision models")
         c.add_argument("--quiet", action="store_true", help="no progress on stderr")
+        bounds(c)
         return c
 
     model_cmd("analyze", "per-layer sensitivity, outliers, recommendations and a verdict")
@@ -76,6 +96,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--force", action="store_true", help="replace the results of a previous qanalysis run in --out")
     c.add_argument("--data", type=Path, help="image folder (one sub-folder per class) for torchvision models")
     c.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    bounds(c)
     return p
 
 
@@ -112,7 +133,7 @@ def _analyze(args: argparse.Namespace) -> int:
     say = _progress(args.quiet)
     with _output(args) as st:
         say(f"loading {args.model}")
-        wl = load_workload(args.model, args.data)
+        wl = load_workload(args.model, args.data, eval_samples=args.eval_samples, calib_samples=args.calib_samples)
         a = analyze(wl, config, progress=say)
         say(f"writing {st.out}")
         write_analysis(a, st.path)
@@ -141,7 +162,7 @@ def _search(args: argparse.Namespace) -> int:
     with _output(args) as st:
         out = st.path
         say(f"loading {args.model}")
-        wl = load_workload(args.model, args.data)
+        wl = load_workload(args.model, args.data, eval_samples=args.eval_samples, calib_samples=args.calib_samples)
         a = analyze(wl, config, progress=say, baseline=False, previews=0)
         for w in a.warnings:
             print(f"warning: {w}", file=sys.stderr)
@@ -174,7 +195,7 @@ def _export(args: argparse.Namespace) -> int:
     with _output(args) as st:
         out = st.path
         say(f"loading {args.model}")
-        wl = load_workload(args.model, args.data)
+        wl = load_workload(args.model, args.data, eval_samples=args.eval_samples, calib_samples=args.calib_samples)
         rep = export(wl, config, out, mode=args.mode, progress=say)
         write_json(rep.config, out / "config.json")
         write_json(rep.to_dict(), out / "export.json")
@@ -193,7 +214,7 @@ def _compare(args: argparse.Namespace) -> int:
     with _output(args) as st:
         out = st.path
         say(f"loading {args.model}")
-        wl = load_workload(args.model, args.data)
+        wl = load_workload(args.model, args.data, eval_samples=args.eval_samples, calib_samples=args.calib_samples)
         res = compare(wl, configs, out, progress=say)
         write_csv(res.to_frame(), out / "compare.csv")
         write_json(res.to_dict(), out / "compare.json")
@@ -229,15 +250,13 @@ def _main(argv: Sequence[str] | None) -> int:
             for n in list_samples():
                 print(n)
             return 0
-        if args.cmd == "analyze":
-            return _analyze(args)
-        if args.cmd == "export":
-            return _export(args)
-        if args.cmd == "search":
-            return _search(args)
-        if args.cmd == "compare":
-            return _compare(args)
-        raise QAnalysisError(f"unknown command {args.cmd}")  # pragma: no cover
+        from .memory import memory_budget
+
+        run = {"analyze": _analyze, "export": _export, "search": _search, "compare": _compare}.get(args.cmd)
+        if run is None:  # pragma: no cover
+            raise QAnalysisError(f"unknown command {args.cmd}")
+        with memory_budget(args.memory_budget):
+            return run(args)
     except QAnalysisError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

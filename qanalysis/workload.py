@@ -13,6 +13,7 @@ calibration, simulation, engines) sees exactly the same data.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import math
 import random
@@ -24,7 +25,7 @@ from typing import Any, Callable, Iterable, Literal, Mapping
 
 import torch
 
-from .errors import WorkloadError
+from .errors import ConfigError, WorkloadError
 
 Inputs = tuple[torch.Tensor, ...]
 Task = Literal["classification", "regression", "other"]
@@ -72,6 +73,8 @@ class Workload:
     # what the user must know before trusting the numbers (e.g. random weights), shown with the result
     warnings: list[str] = field(default_factory=list)
     random_weights: bool = False
+    # --eval-samples / --calib-samples as given (None: all), see limit_samples
+    sample_limits: dict[str, int | None] = field(default_factory=lambda: {"eval_samples": None, "calib_samples": None})
 
     @property
     def n_eval(self) -> int:
@@ -103,6 +106,45 @@ class Workload:
         if not math.isfinite(value):
             raise WorkloadError(f"evaluate() returned {value}")
         return value
+
+
+# --------------------------------------------------------------------------- bounds
+
+
+def _first_samples(batches: list, n: int, inputs_of: Callable[[Any], Inputs], cut: Callable[[Any, int], Any]) -> list:
+    out, left = [], n
+    for b in batches:
+        if left <= 0:
+            break
+        k = int(inputs_of(b)[0].shape[0])
+        out.append(b if k <= left else cut(b, left))
+        left -= k
+    return out
+
+
+def _check_limit(value: int | None, flag: str) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ConfigError(f"{flag} must be a whole number of samples, 1 or more; got {value!r}")
+
+
+def limit_samples(wl: Workload, eval_samples: int | None = None, calib_samples: int | None = None) -> Workload:
+    """The workload on the first ``eval_samples`` evaluation and ``calib_samples`` calibration
+    samples (in batch order, the last batch sliced; None keeps all). The split is deterministic,
+    so a bounded run is the first N samples of the unbounded one, batched the same way."""
+    _check_limit(eval_samples, "--eval-samples")
+    _check_limit(calib_samples, "--calib-samples")
+    evaluation, calibration = wl.evaluation, wl.calibration
+    if eval_samples is not None:
+        evaluation = _first_samples(evaluation, eval_samples, lambda b: b[0],
+                                    lambda b, k: (tuple(t[:k] for t in b[0]), b[1][:k]))  # fmt: skip
+    if calib_samples is not None:
+        calibration = _first_samples(calibration, calib_samples, lambda b: b, lambda b, k: tuple(t[:k] for t in b))
+    limits = {**wl.sample_limits}
+    if eval_samples is not None:
+        limits["eval_samples"] = eval_samples
+    if calib_samples is not None:
+        limits["calib_samples"] = calib_samples
+    return dataclasses.replace(wl, evaluation=evaluation, calibration=calibration, sample_limits=limits)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -475,8 +517,18 @@ def _check_whole_model(obj: torch.nn.Module, fresh: torch.nn.Module, arch: str, 
     return obj
 
 
-def load_torchvision(spec: str, data: str | Path | None, *, calib_fraction: float = 0.25, max_calib: int = 256) -> Workload:
-    """``ARCH[@WEIGHTS]`` on an image folder; images split per class, deterministically."""
+def load_torchvision(
+    spec: str,
+    data: str | Path | None,
+    *,
+    calib_fraction: float = 0.25,
+    max_calib: int = 256,
+    eval_samples: int | None = None,
+    calib_samples: int | None = None,
+) -> Workload:
+    """``ARCH[@WEIGHTS]`` on an image folder; images split per class, deterministically.
+    ``eval_samples`` / ``calib_samples``: read only the first N images of each split (the
+    batches are those of the whole split, cut after N samples)."""
     from PIL import Image
     from torchvision import transforms
 
@@ -536,8 +588,8 @@ def load_torchvision(spec: str, data: str | Path | None, *, calib_fraction: floa
             out.append((torch.stack(xs), torch.tensor([c for _, c in chunk])))
         return out
 
-    calib = [x for x, _ in load(calib_files)]
-    evals = load(eval_files)
+    calib = [x for x, _ in load(calib_files[:calib_samples])]
+    evals = load(eval_files[:eval_samples])
     return finish(
         f"torchvision:{spec}",
         model,
@@ -556,12 +608,24 @@ def load_torchvision(spec: str, data: str | Path | None, *, calib_fraction: floa
     )
 
 
-def load_workload(source: str, data: str | Path | None = None) -> Workload:
-    """Dispatch on the MODEL argument: ``sample:NAME``, ``torchvision:ARCH[@W]`` or a spec path."""
+def load_workload(
+    source: str, data: str | Path | None = None, *, eval_samples: int | None = None, calib_samples: int | None = None
+) -> Workload:
+    """Dispatch on the MODEL argument: ``sample:NAME``, ``torchvision:ARCH[@W]`` or a spec path;
+    ``eval_samples`` / ``calib_samples`` bound the data (``limit_samples``; an image folder reads
+    only the images it keeps)."""
+    _check_limit(eval_samples, "--eval-samples")
+    _check_limit(calib_samples, "--calib-samples")
+    if eval_samples is None and calib_samples is None:
+        return _load(source, data)
+    return limit_samples(_load(source, data, eval_samples, calib_samples), eval_samples, calib_samples)
+
+
+def _load(source: str, data: str | Path | None, eval_samples: int | None = None, calib_samples: int | None = None) -> Workload:
     if source.startswith("sample:"):
         return load_sample(source.split(":", 1)[1])
     if source.startswith("torchvision:"):
-        return load_torchvision(source.split(":", 1)[1], data)
+        return load_torchvision(source.split(":", 1)[1], data, eval_samples=eval_samples, calib_samples=calib_samples)
     p = Path(source)
     if p.suffix == ".py" or p.exists():
         return load_spec(p)
