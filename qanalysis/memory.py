@@ -1,9 +1,9 @@
 """Memory budget: how many bytes of tensors a run may hold at once, and the chunks that follow.
 
-The analysis keeps whole-graph activations of a batch (sensitivity re-executes each layer's
-downstream nodes from cached FP32 and fully quantized tensors), so its memory is
-``samples per chunk × kept bytes per sample``. Steps that keep tensors measure the kept bytes
-of one sample and split each batch into chunks of ``budget // bytes_per_sample`` samples.
+Steps that keep tensors of a batch (calibration's observed tensors, sensitivity's cached FP32
+and fully quantized tensors) hold ``samples per chunk × bytes per sample``: they measure the
+bytes of one sample (``footprint``) and split each batch into chunks of
+``budget // bytes_per_sample`` samples.
 When a whole batch fits (the bundled samples under the default budget) nothing is split and
 the numbers are exactly those of an unchunked run.
 

@@ -14,10 +14,16 @@ Speed: a layer's change only affects the nodes downstream of it, so each run sta
 from the cached FP32 (or fully quantized) tensors of the same batch and re-executes
 only those nodes. ``SensitivityResult.nodes_run`` / ``nodes_naive`` count the node
 executions against re-running the whole graph per layer.
+
+Memory: the two cached runs advance layer by layer with the layer loop (``Schedule``) and hold
+a tensor only while a later layer's step reads it, so a batch holds a few activations per
+sample rather than every tensor twice; a batch bigger than the memory budget allows runs in
+chunks (``memory``). The numbers are those of one whole run per batch.
 """
 
 from __future__ import annotations
 
+import bisect
 import math
 import time
 from dataclasses import dataclass, field
@@ -163,6 +169,21 @@ def boundary_inputs(prog: Program, dirty: set[int]) -> set[str]:
     return out
 
 
+def upstream(prog: Program, dirty: set[int], end: int, output: str) -> set[int]:
+    """The unchanged nodes after ``end`` that a partial run over ``dirty`` needs to run too: the
+    producers (transitively) of what dirty nodes read and of the graph output, if they come
+    after ``end`` (what the cached runs have reached) and are not dirty themselves."""
+    extra: set[int] = set()
+    todo = [t for i in dirty for t in prog.nodes[i].inputs if t] + [output]
+    while todo:
+        p = prog.producer.get(todo.pop())
+        if p is None or p <= end or p in dirty or p in extra:
+            continue
+        extra.add(p)
+        todo += [t for t in prog.nodes[p].inputs if t]
+    return extra
+
+
 def analyze_layers(
     wl: Workload,
     sim: Simulator,
@@ -192,16 +213,27 @@ def analyze_layers(
         dirty_all = {k: all_nodes for k in dirty_all}
     out_name = prog.outputs[0]
     layers = qg.layers
-    # What the FP32 and the fully quantized runs must keep; everything else is freed as it is read.
-    consts = set(prog.initializers)
-    keep_fp = {out_name} | {l.output for l in layers} | {t for l in layers for _, t in l.act_inputs}
-    keep_q = {out_name} | {l.output for l in layers}
-    for d in dirty_only.values():
-        keep_fp |= boundary_inputs(prog, d)
-    for d in dirty_all.values():
-        keep_q |= boundary_inputs(prog, d)
-    keep_fp -= consts
-    keep_q -= consts
+    # Both whole-graph runs (FP32 and fully quantized) advance layer by layer (to layer k's
+    # output and inputs at step k) and hold a tensor only while a later step reads it. A partial
+    # run that reads a tensor the runs have not reached yet (a shape computed from the input, a
+    # branch later in node order) also runs the unchanged nodes that produce it: the same values.
+    produced = set(prog.producer)
+    ends, end = [], -1
+    for l in layers:
+        own = {l.output} | {t for _, t in l.act_inputs if t in produced}
+        end = max([end] + [prog.producer[t] for t in own])
+        ends.append(end)
+    need_fp, need_q = [], []
+    for k, l in enumerate(layers):
+        own = {l.output} | {t for _, t in l.act_inputs if t in produced}
+        for dirty, need in ((dirty_only, need_fp), (dirty_all, need_q)):
+            nodes = dirty[l.name] | upstream(prog, dirty[l.name], ends[k], out_name)
+            dirty[l.name] = nodes
+            need.append(boundary_inputs(prog, nodes) | own | ({out_name} if prog.producer[out_name] not in nodes else set()))
+    ends.append(prog.producer[out_name])  # the last step: the model outputs
+    need_fp.append({out_name})
+    need_q.append({out_name})
+    sched_fp, sched_q = Schedule(prog, need_fp, ends), Schedule(prog, need_q, ends)
     budget = memory.current_budget() if memory_budget is None else memory_budget
     footprints = memory.Footprints(prog, qg.input_names)
     per_sample = 0
@@ -229,13 +261,13 @@ def analyze_layers(
     with torch.inference_mode():
         for bi, (xb, _) in enumerate(wl.evaluation):
             fpr = footprints(xb)
-            # held at once: the two kept environments, plus one run's live tensors
-            per_sample = max(per_sample, fpr.kept(keep_fp) + fpr.kept(keep_q) + fpr.live)
+            # held at once: both runs' held tensors at the worst step, plus one run's live tensors
+            per_sample = max(per_sample, max(f + q for f, q in zip(sched_fp.bytes(fpr.sizes), sched_q.bytes(fpr.sizes))) + fpr.live)
             size = memory.chunk_size(per_sample, int(xb[0].shape[0]), budget)
             for x in memory.split(xb, size):
                 chunks_run += 1
                 nodes_run += _sensitivity_chunk(
-                    sim, x, fp, full, only, all_but, dirty_only, dirty_all, keep_fp, keep_q,
+                    sim, x, fp, full, only, all_but, dirty_only, dirty_all, sched_fp, sched_q,
                     acc_a, acc_o, acc_d, clip, outs_fp, outs_q, outs_only, outs_allbut,
                 )  # fmt: skip
             if progress:
@@ -290,28 +322,99 @@ def analyze_layers(
     return res
 
 
+class Schedule:
+    """A whole-graph run cut into steps: step k runs the nodes up to ``ends[k]`` (monotone) and
+    holds ``held[k]``: the tensors produced so far that step k or a later one needs
+    (``need[k]``, all produced by then), that a node after the step reads, or that are graph
+    outputs. Every node runs once, so the values are those of one whole run."""
+
+    def __init__(self, prog: Program, need: list[set[str]], ends: list[int]):
+        self.prog = prog
+        last_read = {t: max(c) for t, c in prog.consumers.items() if c}
+        outs = set(prog.outputs)
+        self.end = list(ends)
+        for k, nk in enumerate(need):
+            late = [t for t in nk if prog.producer.get(t, -1) > ends[k]]
+            if late:  # pragma: no cover - upstream() runs those producers in the partial run
+                raise AssertionError(f"step {k} needs {late[:3]} before they are produced")
+        last_need: dict[str, int] = {}
+        for k, nk in enumerate(need):
+            for t in nk:
+                last_need[t] = k
+        # t is held from the first step whose run produces it to the last step that still needs it
+        start: dict[int, list[str]] = {}
+        stop: dict[int, list[str]] = {}
+        for t, p in prog.producer.items():
+            first = bisect.bisect_left(self.end, p)  # the first step whose run produces t
+            if first == len(need):
+                continue
+            if t in outs:
+                last = len(need) - 1
+            else:  # the last step that needs t, or whose end a node reading t comes after
+                last = max(last_need.get(t, -1), bisect.bisect_left(self.end, last_read.get(t, -1)) - 1)
+            if last >= first:
+                start.setdefault(first, []).append(t)
+                stop.setdefault(last, []).append(t)
+        self.held: list[frozenset[str]] = []
+        cur: set[str] = set()
+        for k in range(len(need)):
+            cur |= set(start.get(k, ()))
+            self.held.append(frozenset(cur))
+            cur -= set(stop.get(k, ()))
+
+    def bytes(self, sizes: dict[str, int]) -> list[int]:
+        """Bytes per sample held at each step."""
+        return [sum(sizes.get(t, 0) for t in h) for h in self.held]
+
+
+class _Stream:
+    """A Schedule run on one chunk under one plan. ``env`` is what the original whole run's
+    kept environment held for the step's needs: raw tensors, graph outputs quantized as the plan
+    quantizes them (``Simulator.run`` does that after a run, not between nodes)."""
+
+    def __init__(self, sim: Simulator, plan: SimPlan, sched: Schedule, feeds: dict[str, torch.Tensor]):
+        self.sim, self.plan, self.sched, self.feeds = sim, plan, sched, feeds
+        self.seg_plan = SimPlan(plan.config, plan.edges, plan.weights, {})
+        self.held: dict[str, torch.Tensor] = {}
+        self.final: dict[str, torch.Tensor] = {}  # graph outputs, quantized as the plan does
+        self.done = -1  # last node run
+        self.nodes_run = 0
+
+    def step(self, k: int) -> dict[str, torch.Tensor]:
+        end, keep = self.sched.end[k], set(self.sched.held[k])
+        if end > self.done:
+            nodes = range(self.done + 1, end + 1)
+            self.held = self.sim.run(self.feeds, self.seg_plan, env=self.held, nodes=nodes, keep=keep)
+            self.nodes_run += len(nodes)
+            self.done = end
+            for t, key in self.plan.outputs.items():
+                if t in self.held and t not in self.final:
+                    self.final[t] = self.sim._apply(key, self.held[t], t)
+        self.held = {t: v for t, v in self.held.items() if t in keep or t in self.sim.prog.outputs}
+        return {**self.held, **self.final}
+
+
 def _sensitivity_chunk(
-    sim, x, fp, full, only, all_but, dirty_only, dirty_all, keep_fp, keep_q,
+    sim, x, fp, full, only, all_but, dirty_only, dirty_all, sched_fp, sched_q,
     acc_a, acc_o, acc_d, clip, outs_fp, outs_q, outs_only, outs_allbut,
 ) -> int:  # fmt: skip
-    """One chunk of one evaluation batch: the FP32 and fully quantized runs, then every layer's
-    two partial runs from them. Returns the number of node executions."""
+    """One chunk of one evaluation batch: the FP32 and fully quantized runs, advanced layer by
+    layer (``Schedule``), and every layer's two partial runs from them. Returns the number of
+    node executions."""
     qg, prog = sim.qg, sim.prog
     out_name = prog.outputs[0]
     feeds = dict(zip(qg.input_names, x))
-    fp_env = sim.run(feeds, fp, keep=keep_fp)
-    q_env = sim.run(feeds, full, keep=keep_q)
-    nodes_run = 2 * len(prog.nodes)
-    outs_fp.append(fp_env[out_name].float())
-    outs_q.append(q_env[out_name].float())
-    for l in qg.layers:
+    s_fp, s_q = _Stream(sim, fp, sched_fp, feeds), _Stream(sim, full, sched_q, feeds)
+    nodes_run = 0
+    for k, l in enumerate(qg.layers):
         name = l.name
+        fp_env, q_env = s_fp.step(k), s_q.step(k)
         # tensor proxies on this batch: each input as the only-this-layer run quantizes it
         for pos, t in l.act_inputs:
             key = only[name].edges.get((l.node, pos))
-            if key is None or t not in fp_env or not fp_env[t].is_floating_point():
+            v = fp_env.get(t, feeds.get(t))
+            if key is None or v is None or not v.is_floating_point():
                 continue
-            v = fp_env[t]
             acc_a[name].add(v, sim._apply(key, v, t))
             clip[name][1] += v.numel()
             if key[0] == "q":  # dynamic ranges are each sample's own min/max: nothing clips
@@ -329,8 +432,11 @@ def _sensitivity_chunk(
         env = sim.run(feeds, all_but[name], env=q_env, nodes=dirty_all[name], keep=set())
         nodes_run += len(dirty_all[name])
         outs_allbut[name].append(env[out_name].float())
-    return nodes_run
-
+        del fp_env, q_env, env
+    last = len(qg.layers)
+    outs_fp.append(s_fp.step(last)[out_name].float())
+    outs_q.append(s_q.step(last)[out_name].float())
+    return nodes_run + s_fp.nodes_run + s_q.nodes_run
 
 PROXIES = {
     "weight_sqnr_db": -1.0,
