@@ -20,7 +20,7 @@ from .baseline import Baseline, measure_baseline
 from .calibrate import TensorStats, collect_stats
 from .errors import ConfigError, WorkloadError
 from .graph import QuantGraph, prepare
-from .memory import peak_rss_bytes
+from .memory import peak_rss_bytes, release
 from .outliers import OutlierRow, TensorSummary, find_outliers, outliers_frame, recommend
 from .scheme import Config
 from .sensitivity import SensitivityResult, analyze_layers
@@ -314,6 +314,7 @@ def analyze(
         t = time.perf_counter()
         say("measuring the FP32 baseline (PyTorch and ONNX Runtime)")
         bl = measure_baseline(workload, qg.float_path)
+        release(0)  # the engines' and the batch forwards' freed memory
         timings["baseline"] = time.perf_counter() - t
     t = time.perf_counter()
     say(f"calibrating {len(qg.quantized_tensors)} tensors on {workload.n_calib} samples ({config.scheme.activations.calibration})")

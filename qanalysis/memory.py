@@ -14,6 +14,8 @@ sets it for everything called inside (CLI commands, a dashboard run); the defaul
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import re
 import resource
 import sys
@@ -141,3 +143,36 @@ def footprint(program: Program, feeds1: Mapping[str, torch.Tensor]) -> Footprint
             if t in size and last.get(t) == n.index and t not in outs and t not in feeds1:
                 live -= size[t]
     return Footprint(size, peak)
+
+
+def _rss_now() -> int:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * resource.getpagesize()
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+_LIBC = None
+if sys.platform.startswith("linux"):
+    try:
+        _LIBC = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        _LIBC.malloc_trim  # glibc only (musl has none)
+    except (OSError, AttributeError):
+        _LIBC = None
+_last_trim = 0
+
+
+def release(min_growth: int = 256 * 1024**2) -> None:
+    """Give freed heap memory back to the OS (glibc ``malloc_trim``) once the resident size has
+    grown by ``min_growth`` since the last call that trimmed (0: always). Why: torch frees
+    activations with ``free``, but glibc keeps freed chunks of a few MB in its heap, fragmented,
+    so resident memory creeps up by hundreds of MB per phase although nothing is live."""
+    global _last_trim
+    if _LIBC is None:
+        return
+    now = _rss_now()
+    if min_growth and now - _last_trim < min_growth:
+        return
+    _LIBC.malloc_trim(0)
+    _last_trim = _rss_now()

@@ -195,12 +195,13 @@ def analyze_layers(
 ) -> SensitivityResult:
     """Only-this-layer and all-but-this-layer runs for every layer, with prefix reuse.
 
-    Memory: the FP32 and fully quantized runs keep only what the partial runs and the proxies
-    read, and each evaluation batch runs in chunks of as many samples as fit ``memory_budget``
-    (default: the run's, ``memory.current_budget()``) at what one sample costs: the tensors
-    kept from both runs plus one run's live tensors, measured on one sample. When the whole
-    batch fits, the chunk is the batch and the numbers are exactly those of an unchunked run;
-    smaller chunks can change float rounding in the last bits (tests/test_memory.py)."""
+    Memory: the FP32 and fully quantized runs hold only what later steps read (``Schedule``),
+    and each evaluation batch runs in chunks of as many samples as fit ``memory_budget``
+    (default: the run's, ``memory.current_budget()``) at what one sample costs: both runs'
+    held tensors at the worst step plus one run's live tensors, measured on one sample. When
+    the whole batch fits, the chunk is the batch and the numbers are exactly those of an
+    unchunked run; smaller chunks can change float rounding in the last bits (kernels depend
+    on the batch size: tests/test_memory.py)."""
     t0 = time.perf_counter()
     qg, prog = sim.qg, sim.prog
     full, fp, only, all_but = _plans(sim, config)
@@ -229,8 +230,8 @@ def analyze_layers(
         for dirty, need in ((dirty_only, need_fp), (dirty_all, need_q)):
             nodes = dirty[l.name] | upstream(prog, dirty[l.name], ends[k], out_name)
             dirty[l.name] = nodes
-            need.append(boundary_inputs(prog, nodes) | own | ({out_name} if prog.producer[out_name] not in nodes else set()))
-    ends.append(prog.producer[out_name])  # the last step: the model outputs
+            need.append(boundary_inputs(prog, nodes) | own | ({out_name} if prog.producer.get(out_name) not in nodes else set()))
+    ends.append(max(end, prog.producer.get(out_name, -1)))  # the last step: the model outputs
     need_fp.append({out_name})
     need_q.append({out_name})
     sched_fp, sched_q = Schedule(prog, need_fp, ends), Schedule(prog, need_q, ends)
@@ -258,6 +259,7 @@ def analyze_layers(
                 acc_w[l.name].add(prog.initializers[w].float(), sim._weight(key))
     n_batches = len(wl.evaluation)
     chunks_run = 0
+    memory.release(0)  # what earlier steps freed (the baseline's engines, calibration)
     with torch.inference_mode():
         for bi, (xb, _) in enumerate(wl.evaluation):
             fpr = footprints(xb)
@@ -433,6 +435,7 @@ def _sensitivity_chunk(
         nodes_run += len(dirty_all[name])
         outs_allbut[name].append(env[out_name].float())
         del fp_env, q_env, env
+        memory.release()
     last = len(qg.layers)
     outs_fp.append(s_fp.step(last)[out_name].float())
     outs_q.append(s_q.step(last)[out_name].float())

@@ -78,6 +78,11 @@ def test_chunked_sensitivity_is_exactly_the_run_on_smaller_batches(source):
     assert whole.chunk_samples >= max(int(x[0].shape[0]) for x, _ in wl.evaluation)  # the default: whole batches
     later = ["recommendation", "recommendation_gain"]  # filled in by outliers.recommend afterwards
     pd.testing.assert_frame_equal(whole.to_frame().drop(columns=later), a.sens.to_frame().drop(columns=later), check_exact=True)
+    # the cached runs hold a few activations per sample, not every tensor of both runs (the
+    # ViT: 0.10 MB against 2 × 0.29 MB; digits_cnn is too small to tell, one run's live tensors dominate)
+    fp = memory.footprint(a.qgraph.program, dict(zip(a.qgraph.input_names, (t[:1] for t in wl.evaluation[0][0]))))
+    if source == "sample:digits_vit":
+        assert whole.bytes_per_sample < 0.5 * sum(fp.sizes.values())
     chunked = analyze_layers(wl, a.sim, Config(), memory_budget=8 * whole.bytes_per_sample)
     assert chunked.chunk_samples == 8
     small = analyze_layers(_rebatched(wl, 8), a.sim, Config())
@@ -118,7 +123,8 @@ def test_chunked_calibration_is_exactly_calibration_on_smaller_batches():
     wl = cached_workload("sample:digits_resnet")
     prog, tensors = a.qgraph.program, a.qgraph.quantized_tensors
     fp = memory.footprint(prog, dict(zip(prog.inputs, (t[:1] for t in wl.calibration[0]))))
-    with memory.memory_budget(8 * (fp.kept(tensors) + fp.live)):
+    unread = {t for t in tensors if not prog.consumers.get(t)}  # kept to the end; the rest observed as read
+    with memory.memory_budget(8 * (fp.kept(unread) + fp.live)):
         chunked = collect_stats(prog, wl.calibration, tensors)
     small = collect_stats(prog, [tuple(t[i : i + 8] for t in x) for x in wl.calibration for i in range(0, len(x[0]), 8)], tensors)
     assert chunked.keys() == small.keys()
