@@ -21,6 +21,7 @@ from .baseline import Baseline, measure_baseline
 from .calibrate import TensorStats
 from .errors import ConfigError, WorkloadError
 from .graph import QuantGraph, prepare
+from .memory import peak_rss_bytes, release
 from .quantized import check_config, prepare_simulator  # noqa: F401 - re-exported: analysis' public API
 from .outliers import OutlierRow, TensorSummary, find_outliers, outliers_frame, recommend
 from .scheme import Config
@@ -264,6 +265,13 @@ class Analysis:
             "n_layers": len(self.qgraph.layers),
             "n_calibration_samples": wl.n_calib,
             "n_evaluation_samples": wl.n_eval,
+            "eval_samples": wl.sample_limits.get("eval_samples"),  # --eval-samples (None: all)
+            "calib_samples": wl.sample_limits.get("calib_samples"),  # --calib-samples (None: all)
+            "memory_budget_bytes": self.sens.memory_budget,
+            "sensitivity_bytes_per_sample": self.sens.bytes_per_sample,
+            "sensitivity_chunk_samples": self.sens.chunk_samples,
+            # the process' peak so far (ru_maxrss): everything the run did, the baseline's engines included
+            "peak_rss_bytes": peak_rss_bytes(),
             "proxy_rank_correlation": self.sens.proxy_correlation,
             "sensitivity_node_runs": self.sens.nodes_run,
             "sensitivity_node_runs_naive": self.sens.nodes_naive,
@@ -309,6 +317,7 @@ def analyze(
         t = time.perf_counter()
         say("measuring the FP32 baseline (PyTorch and ONNX Runtime)")
         bl = measure_baseline(workload, qg.float_path)
+        release(0)  # the engines' and the batch forwards' freed memory
         timings["baseline"] = time.perf_counter() - t
     t = time.perf_counter()
     say(f"calibrating {len(qg.quantized_tensors)} tensors on {workload.n_calib} samples ({config.scheme.act.calibration})")

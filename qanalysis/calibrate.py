@@ -16,6 +16,7 @@ from typing import Callable, Iterable
 import torch
 
 from .interpreter import Program
+from .memory import Footprints, chunk_size, release, split
 from .scheme import ActivationSpec, QRange, compute_scale_zp
 from .workload import Inputs
 
@@ -129,22 +130,47 @@ def collect_stats(
     histograms: bool = True,
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, TensorStats]:
-    """Run the float graph over ``batches`` and observe ``tensors``."""
+    """Run the float graph over ``batches`` and observe ``tensors``.
+
+    Each tensor is observed when a node first reads it (through the run's edge hook), so a run
+    holds only its live tensors, not every observed tensor of the batch; tensors no node reads
+    (graph outputs) are kept to the end of the run. A batch bigger than the memory budget
+    allows (``memory.current_budget()``) runs in chunks; a batch that fits runs whole."""
     wanted = set(tensors)
     accs = {t: _Acc() for t in wanted}
-    feeds = [dict(zip(program.inputs, b)) for b in batches]
+    unread = {t for t in wanted if not program.consumers.get(t)}
+    footprints = Footprints(program, program.inputs)
+
+    def chunks(b: Inputs) -> list[dict[str, torch.Tensor]]:
+        fp = footprints(b)
+        size = chunk_size(fp.kept(unread) + fp.live, int(b[0].shape[0]))
+        return [dict(zip(program.inputs, c)) for c in split(b, size)]
+
+    def observe(feeds: dict[str, torch.Tensor], fn: Callable[[_Acc, torch.Tensor], None]) -> None:
+        seen: set[str] = set()
+
+        def edge(i: int, pos: int, v: torch.Tensor) -> torch.Tensor:
+            t = program.nodes[i].inputs[pos]
+            if t in wanted and t not in seen:
+                seen.add(t)
+                fn(accs[t], v)
+            return v
+
+        env = program.run(feeds, edge=edge, keep=unread)
+        for t in unread:
+            if t in env and t not in seen:
+                fn(accs[t], env[t])
+
     with torch.inference_mode():
-        for f in feeds:
-            env = program.run(f, keep=wanted)
-            for t in wanted:
-                if t in env:
-                    accs[t].first(env[t])
+        for b in batches:
+            for f in chunks(b):
+                observe(f, _Acc.first)
+                release()
         if histograms:
-            for f in feeds:
-                env = program.run(f, keep=wanted)
-                for t in wanted:
-                    if t in env:
-                        accs[t].second(env[t])
+            for b in batches:
+                for f in chunks(b):
+                    observe(f, _Acc.second)
+                    release()
     return {t: a.stats(t) for t, a in accs.items() if a.n}
 
 

@@ -2,6 +2,7 @@
 
     qanalysis samples
     qanalysis analyze MODEL --out DIR [--config CONFIG.json] [--data DIR]
+                      [--eval-samples N] [--calib-samples N] [--memory-budget 2GB]  (every model command)
     qanalysis search  MODEL --max-drop PCT [--objective latency|size] --out DIR [--config CONFIG.json]
     qanalysis export  MODEL --out DIR [--config CONFIG.json] [--mode int8|dynamic|fp16]
     qanalysis compare MODEL --configs A.json B.json ... --out DIR
@@ -35,6 +36,16 @@ class _Parser(argparse.ArgumentParser):
         raise QAnalysisError(f"{message} (see '{self.prog} --help')")
 
 
+def _count(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of samples, 1 or more; got {text!r}")
+    return n
+
+
 def _progress(quiet: bool):
     t0 = time.perf_counter()
 
@@ -56,6 +67,14 @@ def _parser() -> argparse.ArgumentParser:
                         "agreement: top-1 agreement with the FP32 model's own predictions (a pretrained head on "
                         "a folder whose sub-folders are not its classes)")  # fmt: skip
 
+    def bounds(c: argparse.ArgumentParser) -> None:
+        from .memory import parse_bytes
+
+        c.add_argument("--eval-samples", type=_count, metavar="N", help="use only the first N evaluation samples")
+        c.add_argument("--calib-samples", type=_count, metavar="N", help="use only the first N calibration samples")
+        c.add_argument("--memory-budget", type=parse_bytes, metavar="SIZE", default=None,
+                       help="bytes of tensors the run may hold at once, e.g. 2GB (default), 512M; K/M/G are powers of 1024")  # fmt: skip
+
     def model_cmd(name: str, help: str) -> argparse.ArgumentParser:
         c = sub.add_parser(name, help=help)
         c.add_argument("model", metavar="MODEL", help="sample:NAME | torchvision:ARCH[@WEIGHTS.pt] | path/to/spec.py")
@@ -65,6 +84,7 @@ def _parser() -> argparse.ArgumentParser:
         c.add_argument("--data", type=Path, help="image folder (one sub-folder per class) for torchvision models")
         metric_arg(c)
         c.add_argument("--quiet", action="store_true", help="no progress on stderr")
+        bounds(c)
         return c
 
     an = model_cmd("analyze", "per-layer sensitivity, outliers, recommendations and a verdict")
@@ -88,6 +108,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--data", type=Path, help="image folder (one sub-folder per class) for torchvision models")
     metric_arg(c)
     c.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    bounds(c)
     v = sub.add_parser("validate", help="score any ONNX engine on your data: metric, per class, predictions, latency, size")
     v.add_argument("engines", nargs="+", type=Path, metavar="ENGINE.onnx")
     _data_args(v)
@@ -273,7 +294,8 @@ def _analyze(args: argparse.Namespace) -> int:
     say = _progress(args.quiet)
     with _output(args) as st:
         say(f"loading {args.model}")
-        wl = load_workload(args.model, args.data, metric=args.metric)
+        wl = load_workload(args.model, args.data, metric=args.metric, eval_samples=args.eval_samples,
+                           calib_samples=args.calib_samples)
         a = analyze(wl, config, progress=say)
         rep = None
         if args.repeats > 1:
@@ -312,7 +334,8 @@ def _search(args: argparse.Namespace) -> int:
     with _output(args) as st:
         out = st.path
         say(f"loading {args.model}")
-        wl = load_workload(args.model, args.data, metric=args.metric)
+        wl = load_workload(args.model, args.data, metric=args.metric, eval_samples=args.eval_samples,
+                           calib_samples=args.calib_samples)
         a = analyze(wl, config, progress=say, baseline=False, previews=0)
         for w in a.warnings:
             print(f"warning: {w}", file=sys.stderr)
@@ -344,7 +367,8 @@ def _export(args: argparse.Namespace) -> int:
     with _output(args) as st:
         out = st.path
         say(f"loading {args.model}")
-        wl = load_workload(args.model, args.data, metric=args.metric)
+        wl = load_workload(args.model, args.data, metric=args.metric, eval_samples=args.eval_samples,
+                           calib_samples=args.calib_samples)
         rep = export(wl, config, out, mode=args.mode, progress=say)
         write_json(rep.config, out / "config.json")
         write_json(rep.to_dict(), out / "export.json")
@@ -367,7 +391,8 @@ def _compare(args: argparse.Namespace) -> int:
     with _output(args) as st:
         out = st.path
         say(f"loading {args.model}")
-        wl = load_workload(args.model, args.data, metric=args.metric)
+        wl = load_workload(args.model, args.data, metric=args.metric, eval_samples=args.eval_samples,
+                           calib_samples=args.calib_samples)
         res = compare(wl, configs, out, progress=say)
         write_csv(res.to_frame(), out / "compare.csv")
         write_json(res.to_dict(), out / "compare.json")
@@ -403,21 +428,15 @@ def _main(argv: Sequence[str] | None) -> int:
             for n in list_samples():
                 print(n)
             return 0
-        if args.cmd == "analyze":
-            return _analyze(args)
-        if args.cmd == "export":
-            return _export(args)
-        if args.cmd == "search":
-            return _search(args)
-        if args.cmd == "compare":
-            return _compare(args)
-        if args.cmd == "validate":
-            return _validate(args)
-        if args.cmd == "diff":
-            return _diff(args)
-        if args.cmd == "experiment":
-            return _experiment(args)
-        raise QAnalysisError(f"unknown command {args.cmd}")  # pragma: no cover
+        from .memory import memory_budget
+
+        commands = {"analyze": _analyze, "export": _export, "search": _search, "compare": _compare,
+                    "validate": _validate, "diff": _diff, "experiment": _experiment}  # fmt: skip
+        run = commands.get(args.cmd)
+        if run is None:  # pragma: no cover
+            raise QAnalysisError(f"unknown command {args.cmd}")
+        with memory_budget(getattr(args, "memory_budget", None)):
+            return run(args)
     except QAnalysisError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

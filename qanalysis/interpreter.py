@@ -168,7 +168,9 @@ class Program:
             for name, v in zip(n.outputs, res):
                 if name:
                     scope[name] = v
-            if keep is not True and nodes is None:  # free what no later node reads
+            # free what no later node reads; in a partial run too: a tensor whose last reader is in
+            # ``order`` is read by no later node of it, and ``env``'s own tensors stay in ``env``
+            if keep is not True:
                 for t in n.inputs:
                     if t and self._last_use.get(t) == i and t not in outs and t not in keep_set and t not in self.initializers:
                         scope.pop(t, None)

@@ -21,10 +21,16 @@ Speed: a layer's change only affects the nodes downstream of it, so each run sta
 from the cached FP32 (or fully quantized) tensors of the same batch and re-executes
 only those nodes. ``SensitivityResult.nodes_run`` / ``nodes_naive`` count the node
 executions against re-running the whole graph per layer.
+
+Memory: the two cached runs advance layer by layer with the layer loop (``Schedule``) and hold
+a tensor only while a later layer's step reads it, so a batch holds a few activations per
+sample rather than every tensor twice; a batch bigger than the memory budget allows runs in
+chunks (``memory``). The numbers are those of one whole run per batch.
 """
 
 from __future__ import annotations
 
+import bisect
 import math
 import time
 from dataclasses import dataclass, field
@@ -33,8 +39,10 @@ from typing import Callable
 import pandas as pd
 import torch
 
+from . import memory
 from . import metrics as M
 from .graph import Layer
+from .interpreter import Program
 from .scheme import Config
 from .simulate import SimPlan, Simulator
 from .workload import Workload, worse_by
@@ -106,6 +114,9 @@ class SensitivityResult:
     nodes_naive: int
     seconds: float
     proxy_correlation: dict[str, dict[str, float]] = field(default_factory=dict)
+    memory_budget: int = 0  # bytes of tensors the run was allowed to hold
+    bytes_per_sample: int = 0  # kept FP32 + kept quantized + one run's live tensors, per sample
+    chunk_samples: int = 0  # samples per chunk the budget allows (a batch of more is split)
 
     @property
     def drop(self) -> float:
@@ -194,6 +205,33 @@ def _plans(sim: Simulator, config: Config) -> tuple[SimPlan, SimPlan, dict[str, 
     return full, fp, only, all_but
 
 
+def boundary_inputs(prog: Program, dirty: set[int]) -> set[str]:
+    """Tensors a partial run over ``dirty`` reads from its cached environment: the inputs of
+    dirty nodes that no dirty node produces (graph inputs and initializers excluded)."""
+    out = set()
+    for i in dirty:
+        for t in prog.nodes[i].inputs:
+            p = prog.producer.get(t)
+            if p is not None and p not in dirty:
+                out.add(t)
+    return out
+
+
+def upstream(prog: Program, dirty: set[int], end: int, output: str) -> set[int]:
+    """The unchanged nodes after ``end`` that a partial run over ``dirty`` needs to run too: the
+    producers (transitively) of what dirty nodes read and of the graph output, if they come
+    after ``end`` (what the cached runs have reached) and are not dirty themselves."""
+    extra: set[int] = set()
+    todo = [t for i in dirty for t in prog.nodes[i].inputs if t] + [output]
+    while todo:
+        p = prog.producer.get(todo.pop())
+        if p is None or p <= end or p in dirty or p in extra:
+            continue
+        extra.add(p)
+        todo += [t for t in prog.nodes[p].inputs if t]
+    return extra
+
+
 def analyze_layers(
     wl: Workload,
     sim: Simulator,
@@ -201,8 +239,17 @@ def analyze_layers(
     *,
     progress: Progress | None = None,
     incremental: bool = True,
+    memory_budget: int | None = None,
 ) -> SensitivityResult:
-    """Only-this-layer and all-but-this-layer runs for every layer, with prefix reuse."""
+    """Only-this-layer and all-but-this-layer runs for every layer, with prefix reuse.
+
+    Memory: the FP32 and fully quantized runs hold only what later steps read (``Schedule``),
+    and each evaluation batch runs in chunks of as many samples as fit ``memory_budget``
+    (default: the run's, ``memory.current_budget()``) at what one sample costs: both runs'
+    held tensors at the worst step plus one run's live tensors, measured on one sample. When
+    the whole batch fits, the chunk is the batch and the numbers are exactly those of an
+    unchunked run; smaller chunks can change float rounding in the last bits (kernels depend
+    on the batch size: tests/test_memory.py)."""
     t0 = time.perf_counter()
     qg, prog = sim.qg, sim.prog
     full, fp, only, all_but = _plans(sim, config)
@@ -215,6 +262,30 @@ def analyze_layers(
         dirty_all = {k: all_nodes for k in dirty_all}
     out_name = prog.outputs[0]
     layers = qg.layers
+    # Both whole-graph runs (FP32 and fully quantized) advance layer by layer (to layer k's
+    # output and inputs at step k) and hold a tensor only while a later step reads it. A partial
+    # run that reads a tensor the runs have not reached yet (a shape computed from the input, a
+    # branch later in node order) also runs the unchanged nodes that produce it: the same values.
+    produced = set(prog.producer)
+    ends, end = [], -1
+    for l in layers:
+        own = {l.output} | {t for _, t in l.act_inputs if t in produced}
+        end = max([end] + [prog.producer[t] for t in own])
+        ends.append(end)
+    need_fp, need_q = [], []
+    for k, l in enumerate(layers):
+        own = {l.output} | {t for _, t in l.act_inputs if t in produced}
+        for dirty, need in ((dirty_only, need_fp), (dirty_all, need_q)):
+            nodes = dirty[l.name] | upstream(prog, dirty[l.name], ends[k], out_name)
+            dirty[l.name] = nodes
+            need.append(boundary_inputs(prog, nodes) | own | ({out_name} if prog.producer.get(out_name) not in nodes else set()))
+    ends.append(max(end, prog.producer.get(out_name, -1)))  # the last step: the model outputs
+    need_fp.append({out_name})
+    need_q.append({out_name})
+    sched_fp, sched_q = Schedule(prog, need_fp, ends), Schedule(prog, need_q, ends)
+    budget = memory.current_budget() if memory_budget is None else memory_budget
+    footprints = memory.Footprints(prog, qg.input_names)
+    per_sample = 0
     acc_w = {l.name: _Acc() for l in layers}
     acc_a = {l.name: _Acc() for l in layers}
     acc_o = {l.name: _Acc() for l in layers}
@@ -222,6 +293,10 @@ def analyze_layers(
     acc_e2e = {l.name: _Acc() for l in layers}  # model output, only L quantized vs FP32
     clip = {l.name: [0, 0] for l in layers}
     outs_fp, outs_q = [], []
+    # The model outputs of every only-L and all-but-L run, kept until the end because evaluate()
+    # is called once on all outputs: 2 × layers × samples × output size floats (a 1000-class head,
+    # 200 layers, 1000 samples: 1.6 GB; a 10-class head: 16 MB). They grow with the data; the
+    # activations above do not.
     outs_only: dict[str, list[torch.Tensor]] = {l.name: [] for l in layers}
     outs_allbut: dict[str, list[torch.Tensor]] = {l.name: [] for l in layers}
     nodes_run = 0
@@ -232,47 +307,26 @@ def analyze_layers(
             if key is not None:
                 acc_w[l.name].add(prog.initializers[w].float(), sim._weight(key))
     n_batches = len(wl.evaluation)
+    chunks_run = 0
+    memory.release(0)  # what earlier steps freed (the baseline's engines, calibration)
     with torch.inference_mode():
-        for bi, (x, _) in enumerate(wl.evaluation):
-            feeds = dict(zip(qg.input_names, x))
-            fp_env = sim.run(feeds, fp, keep=True)
-            q_env = sim.run(feeds, full, keep=True)
-            nodes_run += 2 * n_nodes
-            outs_fp.append(fp_env[out_name].float())
-            outs_q.append(q_env[out_name].float())
-            if bi == 0 and progress and outs_fp[0].dim() >= 3:
-                per = outs_fp[0].numel() * 2 * wl.n_eval / max(1, outs_fp[0].shape[0])
-                progress(f"keeping {2 * len(layers)} per-layer outputs of shape {['N', *outs_fp[0].shape[1:]]} in float16: "
-                         f"{2 * len(layers) * per / 2**20:.0f} MiB")  # fmt: skip
-            for l in layers:
-                name = l.name
-                # tensor proxies on this batch: each input as the only-this-layer run quantizes it
-                for pos, t in l.act_inputs:
-                    key = only[name].edges.get((l.node, pos))
-                    if key is None or t not in fp_env or not fp_env[t].is_floating_point():
-                        continue
-                    v = fp_env[t]
-                    acc_a[name].add(v, sim._apply(key, v, t))
-                    clip[name][1] += v.numel()
-                    if key[0] == "q":  # dynamic ranges are each sample's own min/max: nothing clips
-                        qp = sim.act_qparams(t)
-                        lo = float((qp.qrange.qmin - qp.zero_point) * qp.scale)
-                        hi = float((qp.qrange.qmax - qp.zero_point) * qp.scale)
-                        clip[name][0] += int(((v < lo - 1e-12) | (v > hi + 1e-12)).sum())
-                if l.output in q_env and l.output in fp_env:
-                    acc_d[name].add(fp_env[l.output], q_env[l.output])
-                env = sim.run(feeds, only[name], env=fp_env, nodes=dirty_only[name], keep=True)
-                nodes_run += len(dirty_only[name])
-                o = env[out_name].float()
-                acc_e2e[name].add(outs_fp[-1], o)
-                outs_only[name].append(_keep(o))
-                if l.output in env:
-                    acc_o[name].add(fp_env[l.output], env[l.output])
-                env = sim.run(feeds, all_but[name], env=q_env, nodes=dirty_all[name], keep=True)
-                nodes_run += len(dirty_all[name])
-                outs_allbut[name].append(_keep(env[out_name].float()))
+        for bi, (xb, _) in enumerate(wl.evaluation):
+            fpr = footprints(xb)
+            # held at once: both runs' held tensors at the worst step, plus one run's live tensors
+            per_sample = max(per_sample, max(f + q for f, q in zip(sched_fp.bytes(fpr.sizes), sched_q.bytes(fpr.sizes))) + fpr.live)
+            size = memory.chunk_size(per_sample, int(xb[0].shape[0]), budget)
+            for x in memory.split(xb, size):
+                chunks_run += 1
+                nodes_run += _sensitivity_chunk(
+                    sim, x, fp, full, only, all_but, dirty_only, dirty_all, sched_fp, sched_q,
+                    acc_a, acc_o, acc_d, acc_e2e, clip, outs_fp, outs_q, outs_only, outs_allbut,
+                )  # fmt: skip
+                if bi == 0 and chunks_run == 1 and progress and outs_fp[0].dim() >= 3:
+                    per = outs_fp[0].numel() * 2 * wl.n_eval / max(1, outs_fp[0].shape[0])
+                    progress(f"keeping {2 * len(layers)} per-layer outputs of shape {['N', *outs_fp[0].shape[1:]]} in float16: "
+                             f"{2 * len(layers) * per / 2**20:.0f} MiB")  # fmt: skip
             if progress:
-                progress(f"per-layer sensitivity: batch {bi + 1}/{n_batches} ({len(layers)} layers)")
+                progress(f"per-layer sensitivity: batch {bi + 1}/{n_batches} ({len(layers)} layers, chunks of {size})")
     fp_out, q_out = torch.cat(outs_fp), torch.cat(outs_q)
     fp_metric, q_metric = wl.score(fp_out), wl.score(q_out)
     q_drop = wl.drop(fp_metric, q_metric)
@@ -315,12 +369,136 @@ def analyze_layers(
         int8_outputs=q_out,
         only_outputs=only_cat,
         nodes_run=nodes_run,
-        nodes_naive=n_batches * n_nodes * (2 + 2 * len(layers)),
+        nodes_naive=chunks_run * n_nodes * (2 + 2 * len(layers)),
         seconds=time.perf_counter() - t0,
+        memory_budget=budget,
+        bytes_per_sample=per_sample,
+        chunk_samples=memory.chunk_size(per_sample, 2**62, budget),
     )
     res.proxy_correlation = proxy_correlation(rows)
     return res
 
+
+class Schedule:
+    """A whole-graph run cut into steps: step k runs the nodes up to ``ends[k]`` (monotone) and
+    holds ``held[k]``: the tensors produced so far that step k or a later one needs
+    (``need[k]``, all produced by then), that a node after the step reads, or that are graph
+    outputs. Every node runs once, so the values are those of one whole run."""
+
+    def __init__(self, prog: Program, need: list[set[str]], ends: list[int]):
+        self.prog = prog
+        last_read = {t: max(c) for t, c in prog.consumers.items() if c}
+        outs = set(prog.outputs)
+        self.end = list(ends)
+        for k, nk in enumerate(need):
+            late = [t for t in nk if prog.producer.get(t, -1) > ends[k]]
+            if late:  # pragma: no cover - upstream() runs those producers in the partial run
+                raise AssertionError(f"step {k} needs {late[:3]} before they are produced")
+        last_need: dict[str, int] = {}
+        for k, nk in enumerate(need):
+            for t in nk:
+                last_need[t] = k
+        # t is held from the first step whose run produces it to the last step that still needs it
+        start: dict[int, list[str]] = {}
+        stop: dict[int, list[str]] = {}
+        for t, p in prog.producer.items():
+            first = bisect.bisect_left(self.end, p)  # the first step whose run produces t
+            if first == len(need):
+                continue
+            if t in outs:
+                last = len(need) - 1
+            else:  # the last step that needs t, or whose end a node reading t comes after
+                last = max(last_need.get(t, -1), bisect.bisect_left(self.end, last_read.get(t, -1)) - 1)
+            if last >= first:
+                start.setdefault(first, []).append(t)
+                stop.setdefault(last, []).append(t)
+        self.held: list[frozenset[str]] = []
+        cur: set[str] = set()
+        for k in range(len(need)):
+            cur |= set(start.get(k, ()))
+            self.held.append(frozenset(cur))
+            cur -= set(stop.get(k, ()))
+
+    def bytes(self, sizes: dict[str, int]) -> list[int]:
+        """Bytes per sample held at each step."""
+        return [sum(sizes.get(t, 0) for t in h) for h in self.held]
+
+
+class _Stream:
+    """A Schedule run on one chunk under one plan. ``env`` is what the original whole run's
+    kept environment held for the step's needs: raw tensors, graph outputs quantized as the plan
+    quantizes them (``Simulator.run`` does that after a run, not between nodes)."""
+
+    def __init__(self, sim: Simulator, plan: SimPlan, sched: Schedule, feeds: dict[str, torch.Tensor]):
+        self.sim, self.plan, self.sched, self.feeds = sim, plan, sched, feeds
+        self.seg_plan = SimPlan(plan.config, plan.edges, plan.weights, {})
+        self.held: dict[str, torch.Tensor] = {}
+        self.final: dict[str, torch.Tensor] = {}  # graph outputs, quantized as the plan does
+        self.done = -1  # last node run
+        self.nodes_run = 0
+
+    def step(self, k: int) -> dict[str, torch.Tensor]:
+        end, keep = self.sched.end[k], set(self.sched.held[k])
+        if end > self.done:
+            nodes = range(self.done + 1, end + 1)
+            self.held = self.sim.run(self.feeds, self.seg_plan, env=self.held, nodes=nodes, keep=keep)
+            self.nodes_run += len(nodes)
+            self.done = end
+            for t, key in self.plan.outputs.items():
+                if t in self.held and t not in self.final:
+                    self.final[t] = self.sim._apply(key, self.held[t], t)
+        self.held = {t: v for t, v in self.held.items() if t in keep or t in self.sim.prog.outputs}
+        return {**self.held, **self.final}
+
+
+def _sensitivity_chunk(
+    sim, x, fp, full, only, all_but, dirty_only, dirty_all, sched_fp, sched_q,
+    acc_a, acc_o, acc_d, acc_e2e, clip, outs_fp, outs_q, outs_only, outs_allbut,
+) -> int:  # fmt: skip
+    """One chunk of one evaluation batch: the FP32 and fully quantized runs, advanced layer by
+    layer (``Schedule``), and every layer's two partial runs from them. Returns the number of
+    node executions."""
+    qg, prog = sim.qg, sim.prog
+    out_name = prog.outputs[0]
+    feeds = dict(zip(qg.input_names, x))
+    s_fp, s_q = _Stream(sim, fp, sched_fp, feeds), _Stream(sim, full, sched_q, feeds)
+    nodes_run = 0
+    only_out: dict[str, torch.Tensor] = {}
+    for k, l in enumerate(qg.layers):
+        name = l.name
+        fp_env, q_env = s_fp.step(k), s_q.step(k)
+        # tensor proxies on this batch: each input as the only-this-layer run quantizes it
+        for pos, t in l.act_inputs:
+            key = only[name].edges.get((l.node, pos))
+            v = fp_env.get(t, feeds.get(t))
+            if key is None or v is None or not v.is_floating_point():
+                continue
+            acc_a[name].add(v, sim._apply(key, v, t))
+            clip[name][1] += v.numel()
+            if key[0] == "q":  # dynamic ranges are each sample's own min/max: nothing clips
+                qp = sim.act_qparams(t)
+                lo = float((qp.qrange.qmin - qp.zero_point) * qp.scale)
+                hi = float((qp.qrange.qmax - qp.zero_point) * qp.scale)
+                clip[name][0] += int(((v < lo - 1e-12) | (v > hi + 1e-12)).sum())
+        if l.output in q_env and l.output in fp_env:
+            acc_d[name].add(fp_env[l.output], q_env[l.output])
+        env = sim.run(feeds, only[name], env=fp_env, nodes=dirty_only[name], keep={l.output})
+        nodes_run += len(dirty_only[name])
+        only_out[name] = env[out_name].float()  # float32 until the chunk's FP32 output is known
+        if l.output in env:
+            acc_o[name].add(fp_env[l.output], env[l.output])
+        env = sim.run(feeds, all_but[name], env=q_env, nodes=dirty_all[name], keep=set())
+        nodes_run += len(dirty_all[name])
+        outs_allbut[name].append(_keep(env[out_name].float()))
+        del fp_env, q_env, env
+        memory.release()
+    last = len(qg.layers)
+    outs_fp.append(s_fp.step(last)[out_name].float())
+    outs_q.append(s_q.step(last)[out_name].float())
+    for name, o in only_out.items():  # end-to-end SQNR exactly, in float32; kept for the metric (maybe float16)
+        acc_e2e[name].add(outs_fp[-1], o)
+        outs_only[name].append(_keep(o))
+    return nodes_run + s_fp.nodes_run + s_q.nodes_run
 
 PROXIES = {
     "weight_sqnr_db": -1.0,

@@ -13,6 +13,7 @@ calibration, simulation, engines) sees exactly the same data.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import math
 import random
@@ -24,7 +25,7 @@ from typing import Any, Callable, Iterable, Literal, Mapping
 
 import torch
 
-from .errors import WorkloadError
+from .errors import ConfigError, WorkloadError
 
 Inputs = tuple[torch.Tensor, ...]
 Task = Literal["classification", "regression", "language_model", "other"]
@@ -100,6 +101,8 @@ class Workload:
     # what the user must know before trusting the numbers (e.g. random weights), shown with the result
     warnings: list[str] = field(default_factory=list)
     random_weights: bool = False
+    # --eval-samples / --calib-samples as given (None: all), see limit_samples
+    sample_limits: dict[str, int | None] = field(default_factory=lambda: {"eval_samples": None, "calib_samples": None})
     # a spec's HIGHER_IS_BETTER (False for perplexity, loss, error): the direction of every drop
     higher_is_better: bool = True
 
@@ -142,6 +145,45 @@ class Workload:
         if not math.isfinite(value):
             raise WorkloadError(f"evaluate() returned {value}")
         return value
+
+
+# --------------------------------------------------------------------------- bounds
+
+
+def _first_samples(batches: list, n: int, inputs_of: Callable[[Any], Inputs], cut: Callable[[Any, int], Any]) -> list:
+    out, left = [], n
+    for b in batches:
+        if left <= 0:
+            break
+        k = int(inputs_of(b)[0].shape[0])
+        out.append(b if k <= left else cut(b, left))
+        left -= k
+    return out
+
+
+def _check_limit(value: int | None, flag: str) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ConfigError(f"{flag} must be a whole number of samples, 1 or more; got {value!r}")
+
+
+def limit_samples(wl: Workload, eval_samples: int | None = None, calib_samples: int | None = None) -> Workload:
+    """The workload on the first ``eval_samples`` evaluation and ``calib_samples`` calibration
+    samples (in batch order, the last batch sliced; None keeps all). The split is deterministic,
+    so a bounded run is the first N samples of the unbounded one, batched the same way."""
+    _check_limit(eval_samples, "--eval-samples")
+    _check_limit(calib_samples, "--calib-samples")
+    evaluation, calibration = wl.evaluation, wl.calibration
+    if eval_samples is not None:
+        evaluation = _first_samples(evaluation, eval_samples, lambda b: b[0],
+                                    lambda b, k: (tuple(t[:k] for t in b[0]), b[1][:k]))  # fmt: skip
+    if calib_samples is not None:
+        calibration = _first_samples(calibration, calib_samples, lambda b: b, lambda b, k: tuple(t[:k] for t in b))
+    limits = {**wl.sample_limits}
+    if eval_samples is not None:
+        limits["eval_samples"] = eval_samples
+    if calib_samples is not None:
+        limits["calib_samples"] = calib_samples
+    return dataclasses.replace(wl, evaluation=evaluation, calibration=calibration, sample_limits=limits)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -575,9 +617,18 @@ def _check_whole_model(obj: torch.nn.Module, fresh: torch.nn.Module, arch: str, 
 
 
 def load_torchvision(
-    spec: str, data: str | Path | None, *, calib_fraction: float = 0.25, max_calib: int = 256, metric: Metric = "accuracy"
+    spec: str,
+    data: str | Path | None,
+    *,
+    calib_fraction: float = 0.25,
+    max_calib: int = 256,
+    metric: Metric = "accuracy",
+    eval_samples: int | None = None,
+    calib_samples: int | None = None,
 ) -> Workload:
-    """``ARCH[@WEIGHTS]`` on an image folder; images split per class, deterministically."""
+    """``ARCH[@WEIGHTS]`` on an image folder; images split per class, deterministically.
+    ``eval_samples`` / ``calib_samples``: read only the first N images of each split (the
+    batches are those of the whole split, cut after N samples)."""
     arch, _, w = spec.partition("@")
     if data is None:
         raise WorkloadError("torchvision models need --data DIR (an image folder, one sub-folder per class)")
@@ -601,8 +652,8 @@ def load_torchvision(
             f"every run): the accuracy and its drop mean nothing; use torchvision:{arch}@WEIGHTS.pt for your model"
         )
     tf = image_transform()
-    calib = [x for x, _ in image_batches(calib_files, tf)]
-    evals = image_batches(eval_files, tf)
+    calib = [x for x, _ in image_batches(calib_files[:calib_samples], tf)]
+    evals = image_batches(eval_files[:eval_samples], tf)
     return finish(
         f"torchvision:{spec}",
         model,
@@ -722,15 +773,28 @@ def load_onnx(path: str | Path, data: str | Path | None, *, metric: Metric = "ac
                   class_names=classes, images=True, loss=default_loss, warnings=warnings)  # fmt: skip
 
 
-def load_workload(source: str, data: str | Path | None = None, *, metric: Metric = "accuracy") -> Workload:
-    """Dispatch on the MODEL argument: ``sample:NAME``, ``torchvision:ARCH[@W]`` or a spec path;
-    ``metric`` (``--metric``) may replace the workload's own metric, see ``with_metric``."""
+def load_workload(source: str, data: str | Path | None = None, *, metric: Metric = "accuracy",
+                  eval_samples: int | None = None, calib_samples: int | None = None) -> Workload:  # fmt: skip
+    """Dispatch on the MODEL argument: ``sample:NAME``, ``torchvision:ARCH[@W]``, ``model.onnx`` or a
+    spec path; ``metric`` (``--metric``) may replace the workload's own metric (``with_metric``);
+    ``eval_samples`` / ``calib_samples`` bound the data (``limit_samples``; an image folder reads
+    only the images it keeps)."""
     if metric not in METRICS:
         raise WorkloadError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
+    _check_limit(eval_samples, "--eval-samples")
+    _check_limit(calib_samples, "--calib-samples")
+    if eval_samples is None and calib_samples is None:
+        return _load(source, data, metric)
+    return limit_samples(_load(source, data, metric, eval_samples, calib_samples), eval_samples, calib_samples)
+
+
+def _load(source: str, data: str | Path | None, metric: Metric, eval_samples: int | None = None,
+          calib_samples: int | None = None) -> Workload:  # fmt: skip
     if source.startswith("sample:"):
         return with_metric(load_sample(source.split(":", 1)[1]), metric)
     if source.startswith("torchvision:"):
-        return with_metric(load_torchvision(source.split(":", 1)[1], data, metric=metric), metric)
+        return with_metric(load_torchvision(source.split(":", 1)[1], data, metric=metric, eval_samples=eval_samples,
+                                            calib_samples=calib_samples), metric)  # fmt: skip
     p = Path(source)
     if p.suffix == ".onnx":
         return with_metric(load_onnx(p, data, metric=metric), metric)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import torch
 
+from .. import memory
 from . import FixContext, FixResult, register_fix
 from ._graph import feeds_of, linear_of
 
@@ -56,8 +57,13 @@ def bias_correction(ctx: FixContext) -> FixResult:
     if not targets:
         return FixResult(notes=["no layer with a per-channel bias"])
     feeds = [feeds_of(qg, x) for x in wl.calibration]
+    outs = {t for _, _, t, _ in targets}
+    # Every layer's float output on all calibration batches, computed once, if that fits the
+    # memory budget; otherwise each layer recomputes its own (the same values, one more run each).
+    fps = memory.Footprints(prog, qg.input_names)
+    keep_all = sum(fps(x).kept(outs) * int(x[0].shape[0]) for x in wl.calibration) <= memory.current_budget()
     with torch.inference_mode():
-        fp_envs = [prog.run(f, keep={t for _, _, t, _ in targets}) for f in feeds]
+        fp_envs = [prog.run(f, keep=outs) for f in feeds] if keep_all else [None] * len(feeds)
     new: dict[str, torch.Tensor] = {}
     shifts = []
     for i, (layer, bias, out, axis) in enumerate(targets):
@@ -67,8 +73,9 @@ def bias_correction(ctx: FixContext) -> FixResult:
         total, n = 0.0, 0
         with torch.inference_mode():
             for f, env in zip(feeds, fp_envs):
+                y = env[out] if env is not None else prog.run(f, nodes=range(prog.producer[out] + 1), keep={out})[out]
                 q = sim.run(f, p, nodes=range(prog.producer[out] + 1), keep={out})[out]
-                total = total + _channel_sum(env[out] - q, axis)
+                total = total + _channel_sum(y - q, axis)
                 n += q.numel() // q.shape[axis % q.dim()]
         delta = total / n
         b = prog.initializers[bias]

@@ -171,8 +171,10 @@ def cle(ctx: FixContext) -> FixResult:
     qg = ctx.qg
     prog = qg.program
     with torch.inference_mode():
-        env = prog.run(dict(zip(qg.input_names, ctx.workload.calibration[0])), keep=True)
+        # shapes only: two samples tell them (a whole batch's every tensor can be gigabytes)
+        env = prog.run(dict(zip(qg.input_names, (t[:2] for t in ctx.workload.calibration[0]))), keep=True)
     shapes = {k: tuple(v.shape) for k, v in env.items()}
+    del env
     pairs = find_pairs(qg, shapes)
     if not pairs:
         return FixResult(notes=["no equalizable layer pairs (conv/linear joined only by ReLU-like ops) in this model"])

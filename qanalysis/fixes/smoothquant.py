@@ -189,8 +189,10 @@ class _Objective:
 def smoothquant(ctx: FixContext) -> FixResult:
     qg, prog = ctx.qg, ctx.qg.program
     with torch.inference_mode():
-        env = prog.run(dict(zip(qg.input_names, ctx.workload.calibration[0])), keep=True)
+        # shapes only: two samples tell them (a whole batch's every tensor can be gigabytes)
+        env = prog.run(dict(zip(qg.input_names, (t[:2] for t in ctx.workload.calibration[0]))), keep=True)
     shapes = {k: tuple(v.shape) for k, v in env.items()}
+    del env
     groups = find_groups(qg, shapes)
     if not groups:
         return FixResult(notes=["no MatMul/Gemm reads a LayerNorm or linear output it could absorb scales into"])
