@@ -76,6 +76,12 @@ def is_valid(d, *, from_file: bool = False) -> bool:
         and _spec_ok(s.get("weights"), WEIGHT_KEYS) and _spec_ok(s.get("activations"), ACTIVATION_KEYS)
     ):  # fmt: skip
         return False
+    if isinstance(s, dict) and "activations" in s and s["activations"] is None:
+        # weight-only (DESIGN.md: ONNX Runtime's MatMulNBits): 2–8-bit weights in blocks of 16..256
+        w = s.get("weights") or {}
+        if not (w.get("granularity") in (16, 32, 64, 128, 256) and not isinstance(w.get("granularity"), bool)
+                and 2 <= w.get("bits", 8) <= 8):  # fmt: skip
+            return False
     layers = d.get("layers")
     if layers is not None and not (
         isinstance(layers, dict) and all(isinstance(p, str) and p in PRECISIONS for p in layers.values())
@@ -140,6 +146,8 @@ def configs(draw, junk: bool = True, layer_names=None, fix_names=None) -> object
         d.update(draw(_unknown_keys({"scheme", "layers", "fixes"})))
     if junk and draw(st.integers(0, 19)) == 0:
         return draw(json_values)  # not even an object
+    if not junk and isinstance(d.get("scheme"), dict) and not is_valid(d):
+        d["scheme"].pop("activations", None)  # activations null is weight-only: valid only with blocks of 16..256
     return d
 
 
