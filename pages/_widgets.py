@@ -221,3 +221,12 @@ def config_loader(a: Any) -> None:
     if msg:
         kind, text = msg
         {"error": st.error, "warning": st.warning, "success": st.success}[kind](text)
+
+
+def ci_text(low: float | None, high: float | None) -> str:
+    """" (95% CI a to b)" for a drop's paired-bootstrap interval; nothing when it is unknown."""
+    import math
+
+    if low is None or high is None or not (math.isfinite(low) and math.isfinite(high)):
+        return ""
+    return f" (95% CI {low:.2f} to {high:.2f})"

@@ -21,6 +21,7 @@ from pages._state import (
     fixes_config_json,
 )
 from pages._widgets import (
+    ci_text,
     page_header,
     table,
 )
@@ -154,6 +155,8 @@ else:
         c[3].metric(
             "Drop with the fixes", f"{fa.drop:.2f}", border=True, help=f"verdict: {fa.verdict}"
         )
+        if ci_text(fa.drop_interval.low, fa.drop_interval.high):
+            c[3].caption(ci_text(fa.drop_interval.low, fa.drop_interval.high).strip(" ()"))
 
         def row(name: str, metric: float, drop: float, s: dict | None) -> dict[str, Any]:
             """``s`` is the config's summary; None for FP32 (against itself: no drop, no flip)."""

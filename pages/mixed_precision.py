@@ -26,6 +26,7 @@ from pages._state import (
     layer_precisions,
 )
 from pages._widgets import (
+    ci_text,
     config_loader,
     human_bytes,
     page_header,
@@ -127,7 +128,8 @@ if res is not None:
     )
     text = (
         f"**Chosen config:** {kept} — "
-        f"{metric_name} {chosen_row['metric']:.2f}, drop {chosen_row['drop']:.2f} points "
+        f"{metric_name} {chosen_row['metric']:.2f}, drop {chosen_row['drop']:.2f} points"
+        f"{ci_text(chosen_row.get('drop_ci_low'), chosen_row.get('drop_ci_high'))} "
         f"(budget {max_drop:g}), minimizing {objective}."
     )
     if res.met_budget:
@@ -296,6 +298,8 @@ c[0].metric(
     delta=None if not changed else f"{gained:+.2f} vs all INT8",
 )
 c[1].metric("Drop vs FP32 (points)", f"{res_hand.drop:.2f}", border=True)
+if ci_text(*res_hand.drop_ci95):
+    c[1].caption(ci_text(*res_hand.drop_ci95).strip(" ()"))
 c[2].metric(
     "Weights",
     human_bytes(res_hand.weight_bytes),

@@ -652,3 +652,9 @@ def test_readable_names_and_favicon() -> None:
     from pages._widgets import favicon
 
     assert favicon().size == (64, 64)  # drawn locally, never fetched
+
+
+def test_drops_carry_their_interval_on_mixed_precision():
+    at = goto(start("sample:digits_resnet"), "pages/mixed_precision.py")
+    captions = "\n".join(str(c.value) for c in at.caption)
+    assert "95% CI" in captions
