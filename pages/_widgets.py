@@ -39,7 +39,7 @@ L = figures.COLUMN_LABELS
 _FORMATS = {
     "params": "%d", "weight_sqnr_db": "%.1f", "act_sqnr_db": "%.1f", "output_sqnr_db": "%.1f", "e2e_sqnr_db": "%.1f",
     "depth_sqnr_db": "%.1f", "e2e_kl": "%.2e", "e2e_cosine": "%.5f", "metric_drop": "%.3f",
-    "metric_drop_all_but": "%.3f", "recommendation_gain": "%.2f", "metric_only": "%.2f", "metric_all_but": "%.2f",
+    "metric_drop_all_but": "%.3f", "metric_drop_ci_low": "%.3f", "metric_drop_ci_high": "%.3f", "recommendation_gain": "%.2f", "metric_only": "%.2f", "metric_all_but": "%.2f",
     "act_clipping": "%.2e", "weight_mse": "%.2e", "act_mse": "%.2e", "absmax": "%.4g",
     "median_channel_absmax": "%.4g", "ratio": "%.1f", "max_ratio": "%.1f", "kurtosis": "%.2f",
     "fp32_accuracy": "%.2f", "int8_accuracy": "%.2f", "delta": "%+.2f", "n_outliers": "%d", "channels": "%d",

@@ -222,7 +222,23 @@ class Analysis:
         return self.verdict_detail.text
 
     def layers_frame(self) -> pd.DataFrame:
-        return self.sens.to_frame()[LAYER_COLUMNS]
+        df = self.sens.to_frame()[LAYER_COLUMNS].copy()
+        lo_hi = self.layer_drop_intervals
+        df["metric_drop_ci_low"] = [lo_hi.get(n, (float("nan"),) * 2)[0] for n in df["layer"]]
+        df["metric_drop_ci_high"] = [lo_hi.get(n, (float("nan"),) * 2)[1] for n in df["layer"]]
+        return df
+
+    @functools.cached_property
+    def layer_drop_intervals(self) -> dict[str, tuple[float, float]]:
+        """Each layer's only-this-layer drop with its 95 % paired-bootstrap interval (the default
+        top-1 metric: per-sample; a spec's own metric: at most a second of resamples per layer)."""
+        wl, sens = self.workload, self.sens
+        out = {}
+        for name, o in sens.only_outputs.items():
+            iv = drop_interval(wl.evaluate, sens.fp32_outputs, o.float(), wl.targets(), max_seconds=1.0,
+                               higher_is_better=wl.higher_is_better)  # fmt: skip
+            out[name] = (iv.low, iv.high)
+        return out
 
     def outliers_frame(self) -> pd.DataFrame:
         return outliers_frame(self.outliers)

@@ -316,7 +316,7 @@ def _analyze(args: argparse.Namespace) -> int:
               f"layer ranking stability (Spearman vs the first draw) {r['rank_stability_spearman']:.2f}")  # fmt: skip
     print("most sensitive layers (metric drop with only that layer quantized):")
     for _, r in top.iterrows():
-        print(f"  {r['layer']:<40} {r['metric_drop']:+.3f}  {r['recommendation']}")
+        print(f"  {r['layer']:<40} {r['metric_drop']:+.3f}{_ci((r['metric_drop_ci_low'], r['metric_drop_ci_high']))}  {r['recommendation']}")
     print(_wrote(st))
     return 0
 

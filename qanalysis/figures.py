@@ -22,6 +22,7 @@ COLUMN_LABELS = {
     "weight_sqnr_db": "weight SQNR (dB)", "act_sqnr_db": "act SQNR (dB)", "output_sqnr_db": "output SQNR (dB)",
     "e2e_sqnr_db": "model-output SQNR (dB)", "depth_sqnr_db": "SQNR in full INT8 (dB)", "e2e_kl": "model-output KL",
     "e2e_cosine": "model-output cosine", "metric_drop": "drop, only this layer",
+    "metric_drop_ci_low": "drop 95% CI low", "metric_drop_ci_high": "drop 95% CI high",
     "metric_drop_all_but": "recovered in float", "recommendation": "recommendation",
     "recommendation_gain": "measured gain", "metric_only": "metric, only this layer",
     "metric_all_but": "metric, all but this", "act_clipping": "act clipping", "weight_mse": "weight MSE",

@@ -154,3 +154,21 @@ def test_analyze_reports_the_drop_with_its_interval(run_cli, tmp_path):
     assert s["one_sample_worth"] == pytest.approx(100 / 540)
     assert s["verdict_detail"]["certain"] is True and s["verdict"] == "ship INT8"
     assert f"(95% CI {lo:.2f} to {hi:.2f})" in out.splitlines()[0]
+
+
+def test_each_layer_drop_carries_its_interval(run_cli, tmp_path):
+    import pandas as pd
+
+    code, out, err = run_cli("analyze", "sample:digits_cnn", "--config", str(_w3(tmp_path)), "--out", tmp_path / "o", "--quiet")
+    assert code == 0, err
+    layers = pd.read_csv(tmp_path / "o" / "layers.csv")
+    assert (layers["metric_drop_ci_low"] <= layers["metric_drop"] + 1e-9).all()
+    assert (layers["metric_drop"] <= layers["metric_drop_ci_high"] + 1e-9).all()
+    assert (layers["metric_drop_ci_high"] > layers["metric_drop_ci_low"]).any()  # W3 weights move some layer
+    assert "95% CI" in out.splitlines()[2]
+
+
+def _w3(tmp_path):
+    p = tmp_path / "w3.json"
+    p.write_text(json.dumps({"scheme": {"weights": {"bits": 3}}}))
+    return p
