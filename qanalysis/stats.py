@@ -170,6 +170,21 @@ def one_sample_worth(n: int) -> float:
     return 100.0 / n if n else math.nan
 
 
+def behaves_as_top1(evaluate: Metric, outputs: torch.Tensor, targets: torch.Tensor) -> bool:
+    """True when ``evaluate`` is top-1 accuracy in % (the default, or a spec's own that gives the
+    same number on these outputs): then per-sample correctness decomposes it exactly."""
+    from .workload import top1_accuracy
+
+    if evaluate is top1_accuracy:
+        return True
+    if outputs.dim() != 2 or targets.reshape(-1).shape[0] != outputs.shape[0] or targets.is_floating_point():
+        return False
+    try:
+        return abs(float(evaluate(outputs, targets)) - top1_accuracy(outputs, targets)) < 1e-4  # float32 vs float64 means
+    except Exception:  # noqa: BLE001 - a user metric
+        return False
+
+
 def drop_interval(evaluate: Metric, ref: torch.Tensor, cand: torch.Tensor, targets: torch.Tensor, *,
                   seed: int = 0, max_seconds: float = 20.0, higher_is_better: bool = True) -> Interval:  # fmt: skip
     """The drop (``worse_by``) with its interval; the default top-1 metric goes the fast way."""
