@@ -11,23 +11,8 @@ from torch import nn
 
 try:  # imported as part of the ``sample_models`` package
     from . import _data
-except ImportError:  # loaded standalone by file path (importlib.util.spec_from_file_location)
-    import importlib.util
-    import sys
-
-    def _load_sibling_data():
-        path = Path(__file__).resolve().with_name("_data.py")
-        name = "_qanalysis_sample_models_data"
-        mod = sys.modules.get(name)
-        if mod is not None and Path(mod.__file__).resolve() == path:
-            return mod
-        spec = importlib.util.spec_from_file_location(name, path)
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[name] = mod  # registered before exec (dataclasses need it)
-        spec.loader.exec_module(mod)
-        return mod
-
-    _data = _load_sibling_data()
+except ImportError:  # loaded by file path (qanalysis' spec loader): the same module, from the installed package
+    from sample_models import _data
 
 DESCRIPTION = "Plain CNN (3 conv+BN+ReLU, max-pool, global pool, linear) on sklearn 8x8 digits"
 METRIC_NAME = "accuracy (%)"
