@@ -16,9 +16,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cache
+from pathlib import Path
+from typing import Callable, NamedTuple
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 SPLIT_SEED = 0
 TRAIN_SHUFFLE_SEED = 0
@@ -227,3 +230,73 @@ def unigram_perplexity() -> float:
     logp = np.log(counts / counts.sum())
     y = torch.cat([t for _, t in text_evaluation_batches()]).reshape(-1).numpy()
     return float(np.exp(-logp[y].mean()))
+
+
+# --------------------------------------------------------------------------- one sample = a model + a task
+
+
+@dataclass(frozen=True)
+class Task:
+    """A sample's data and metric: everything a spec needs besides its model."""
+
+    calibration: Callable[[], list[torch.Tensor]]
+    evaluation: Callable[[], list[tuple[torch.Tensor, torch.Tensor]]]
+    evaluate: Callable[[torch.Tensor, torch.Tensor], float]
+    training: Callable[[int], list[tuple[torch.Tensor, torch.Tensor]]]
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _text_loss(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean next-byte cross-entropy (outputs (N, S, 256), targets (N, S); -100 is ignored)."""
+    return F.cross_entropy(outputs.reshape(-1, outputs.shape[-1]), targets.reshape(-1), ignore_index=-100)
+
+
+DIGITS = Task(
+    calibration=lambda: calibration_batches(digits_split()),  # 256 training images, batches of 64, (N, 1, 8, 8) in [0, 1]
+    evaluation=lambda: evaluation_batches(digits_split()),  # 540 held-out images, batches of 64, int64 labels
+    evaluate=accuracy_percent,
+    training=lambda seed=0: training_batches(digits_split(), seed=seed),  # shuffled batches of 32
+    loss=F.cross_entropy,
+)
+DIABETES = Task(
+    calibration=lambda: calibration_batches(diabetes_split()),  # 128 training samples (N, 10)
+    evaluation=lambda: evaluation_batches(diabetes_split()),  # 130 held-out samples, (N, 1) standardized target
+    evaluate=r2_percent,  # on the standardized target: equal to R² on the original scale (one affine map)
+    training=lambda seed=0: training_batches(diabetes_split(), seed=seed),  # 312 samples, batches of 32
+    loss=F.mse_loss,
+)
+TEXT = Task(
+    calibration=lambda: text_calibration_batches(),  # 16 windows of 64 training bytes, batches of 8
+    evaluation=lambda: text_evaluation_batches(),  # 64 held-out windows, batches of 16, next bytes as targets
+    evaluate=perplexity,  # per byte; lower is better
+    training=lambda seed=0: text_training_batches(seed=seed),  # 3200 random windows, batches of 32
+    loss=_text_loss,
+)
+
+
+class Spec(NamedTuple):
+    """The functions qanalysis' spec loader and ``sample_models.train`` read from a sample module."""
+
+    build_model: Callable[[], torch.nn.Module]
+    calibration_batches: Callable[[], list[torch.Tensor]]
+    evaluation_batches: Callable[[], list[tuple[torch.Tensor, torch.Tensor]]]
+    evaluate: Callable[[torch.Tensor, torch.Tensor], float]
+    training_batches: Callable[..., list[tuple[torch.Tensor, torch.Tensor]]]
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def spec(create_model: Callable[[], torch.nn.Module], checkpoint: Path, task: Task) -> Spec:
+    """A sample's spec functions from its model and its task.
+
+    ``build_model`` is ``create_model()`` with the committed ``checkpoint`` loaded, in eval() mode;
+    the rest is the task's data and metric."""
+
+    def build_model() -> torch.nn.Module:
+        model = create_model()
+        model.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=True))
+        return model.eval()
+
+    def training_batches_(seed: int = TRAIN_SHUFFLE_SEED) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        return task.training(seed)
+
+    return Spec(build_model, task.calibration, task.evaluation, task.evaluate, training_batches_, task.loss)

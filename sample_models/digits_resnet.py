@@ -6,7 +6,6 @@ from collections import OrderedDict
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 try:  # imported as part of the ``sample_models`` package
@@ -86,32 +85,6 @@ def create_model() -> nn.Module:
     return DigitsResNet()
 
 
-def build_model() -> nn.Module:
-    """The trained model, weights from the committed checkpoint, in eval() mode."""
-    model = create_model()
-    model.load_state_dict(torch.load(CHECKPOINT, map_location="cpu", weights_only=True))
-    return model.eval()
-
-
-def calibration_batches() -> list[torch.Tensor]:
-    """256 training-split images in batches of 64, float32 (N, 1, 8, 8) in [0, 1]."""
-    return _data.calibration_batches(_data.digits_split())
-
-
-def evaluation_batches() -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """540 held-out images in batches of 64: (float32 (N, 1, 8, 8), int64 (N,) labels)."""
-    return _data.evaluation_batches(_data.digits_split())
-
-
-def evaluate(outputs: torch.Tensor, targets: torch.Tensor) -> float:
-    """Top-1 accuracy in percent over all evaluation outputs."""
-    return _data.accuracy_percent(outputs, targets)
-
-
-def training_batches(seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """The whole training split in shuffled batches of 32 (same seed -> same order)."""
-    return _data.training_batches(_data.digits_split(), seed=seed)
-
-
-def loss(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(outputs, targets)
+build_model, calibration_batches, evaluation_batches, evaluate, training_batches, loss = _data.spec(
+    create_model, CHECKPOINT, _data.DIGITS
+)

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 try:  # imported as part of the ``sample_models`` package
@@ -103,38 +102,11 @@ def create_model() -> nn.Module:
     return TinyLM()
 
 
-def build_model() -> nn.Module:
-    """The trained model, weights from the committed checkpoint, in eval() mode."""
-    model = create_model()
-    model.load_state_dict(torch.load(CHECKPOINT, map_location="cpu", weights_only=True))
-    return model.eval()
-
-
-def calibration_batches() -> list[torch.Tensor]:
-    """16 windows of 64 training bytes in batches of 8: int64 (N, 64)."""
-    return _data.text_calibration_batches()
-
-
-def evaluation_batches() -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """64 held-out windows in batches of 16: (int64 (N, 64) bytes, int64 (N, 64) next bytes)."""
-    return _data.text_evaluation_batches()
-
-
-def evaluate(outputs: torch.Tensor, targets: torch.Tensor) -> float:
-    """Perplexity per byte over all evaluation outputs: exp(mean −log p(next byte)); lower is better."""
-    return _data.perplexity(outputs, targets)
-
-
-def training_batches(seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """3200 windows at random offsets of the training text in batches of 32 (same seed -> same windows)."""
-    return _data.text_training_batches(seed=seed)
-
-
 def unigram_perplexity() -> float:
     """The baseline a language model must beat: a unigram byte model's perplexity on the same held-out windows."""
     return _data.unigram_perplexity()
 
 
-def loss(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean next-byte cross-entropy (outputs (N, S, 256), targets (N, S); -100 is ignored)."""
-    return F.cross_entropy(outputs.reshape(-1, outputs.shape[-1]), targets.reshape(-1), ignore_index=-100)
+build_model, calibration_batches, evaluation_batches, evaluate, training_batches, loss = _data.spec(
+    create_model, CHECKPOINT, _data.TEXT
+)
