@@ -55,3 +55,33 @@ def test_the_core_never_imports_streamlit():
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
                 [node.module or ""] if isinstance(node, ast.ImportFrom) else []  # fmt: skip
             assert not any(n.split(".")[0] == "streamlit" for n in names), p
+
+
+def _readme_layers() -> list[str]:
+    """The modules of README's "Where things live", in the order listed (``fixes/`` is the package)."""
+    import re
+
+    text = (PKG.parent / "README.md").read_text()
+    block = text[text.index("qanalysis/        (") :]
+    block = block[: block.index("app.py, pages/")]
+    order = []
+    for line in block.splitlines()[1:]:
+        m = re.match(r"\s+(\S.*?)\s{2,}", line)
+        if m:
+            order += [p.strip().removesuffix(".py").removesuffix("/") for p in m.group(1).split(",")]
+    return order
+
+
+def test_the_readme_lists_every_module_below_what_it_imports():
+    def short(n: str) -> str:
+        n = n.removeprefix("qanalysis").removeprefix(".")
+        return "fixes" if n.startswith("fixes") else n
+
+    g = import_graph()
+    order = _readme_layers()
+    pos = {n: i for i, n in enumerate(order)}
+    listed = {short(n) for n in g.nodes} - {"", "__main__"}
+    assert listed <= set(pos), f"modules missing from README's 'Where things live': {sorted(listed - set(pos))}"
+    upward = [f"{short(a)} → {short(b)}" for a, b in g.edges
+              if short(a) in pos and short(b) in pos and short(a) != short(b) and pos[short(b)] > pos[short(a)]]  # fmt: skip
+    assert not upward, "imports pointing up README's module list: " + ", ".join(upward)
