@@ -15,7 +15,7 @@ import torch
 from .calibrate import TensorStats, collect_stats
 from .errors import ConfigError
 from .graph import QuantGraph, prepare
-from .scheme import Config
+from .scheme import ALL_LAYERS, Config
 from .simulate import Simulator
 from .workload import Workload
 
@@ -23,8 +23,9 @@ Progress = Callable[[str], None]
 
 
 def check_config(config: Config, qg: QuantGraph) -> None:
-    """Every layer a config names exists (a layer name or its leaf module); fixes are known."""
-    known = set(qg.by_name) | {l.module for l in qg.layers if l.module}
+    """Every layer a config names exists (a layer name or its leaf module; ``"*"``: every layer
+    the config does not name); fixes are known."""
+    known = set(qg.by_name) | {l.module for l in qg.layers if l.module} | {ALL_LAYERS}
     for name in config.layers:
         if name not in known:
             qg.layer(name)  # raises ConfigError with suggestions

@@ -34,6 +34,8 @@ WEIGHT_ONLY: dict[str, int] = {"w8": 8, "w4": 4}  # weight-only precisions → w
 DEFAULT_BLOCK = 32
 BLOCK_SIZES: tuple[int, ...] = (16, 32, 64, 128, 256)  # MatMulNBits: a power of two ≥ 16
 CALIBRATIONS: tuple[str, ...] = ("minmax", "percentile", "entropy", "mse")
+# A config's "layers" key for every layer it does not name: {"layers": {"*": "fp16"}} is the FP16 model.
+ALL_LAYERS = "*"
 
 
 def _check_bits(bits: Any, what: str) -> None:
@@ -221,7 +223,7 @@ class Config:
         object.__setattr__(self, "fixes", tuple(self.fixes))
 
     def precision(self, layer: str) -> Precision:
-        return self.layers.get(layer, "int8")
+        return self.layers.get(layer, self.layers.get(ALL_LAYERS, "int8"))
 
     def float_layers(self) -> list[str]:
         return [n for n, p in self.layers.items() if p in ("fp16", "fp32")]

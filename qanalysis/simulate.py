@@ -33,7 +33,7 @@ import torch
 from .calibrate import TensorStats, calibration_range
 from .graph import Layer, QuantGraph
 from .errors import ConfigError
-from .scheme import WEIGHT_ONLY, Config, QParams, QRange, Scheme, WeightSpec, compute_scale_zp
+from .scheme import ALL_LAYERS, WEIGHT_ONLY, Config, QParams, QRange, Scheme, WeightSpec, compute_scale_zp
 
 
 def broadcast_qparams(qp: QParams, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -306,6 +306,8 @@ class Simulator:
         p = config.layers.get(layer.name)
         if p is None and layer.module:  # "blocks.0.attn.qkv" also covers its bias Add
             p = config.layers.get(layer.module)
+        if p is None:  # "*": every layer the config does not name
+            p = config.layers.get(ALL_LAYERS)
         wo = self.scheme.weight_only
         if bits is not None:
             if p in WEIGHT_ONLY or (wo and p not in ("int8", "int4")):

@@ -166,3 +166,28 @@ def test_attention_mask_values_do_not_set_a_range():
     s = acc.stats("t")
     assert (s.min, s.max) == (-2.0, 3.0) and s.count == 4 and math.isfinite(s.std)
     assert float(s.hist.sum()) == 4 and torch.isfinite(s.channel_absmax).all()
+
+
+def test_tiny_lm_compare_fp16_int8_w4_with_the_shipped_configs(run_cli, tmp_path):
+    """The seed's table (README): the shipped examples/lm configs; FP16 is a real float16 engine,
+    weight-only rows are MatMulNBits engines whose perplexity equals the simulation's; relative
+    increase, batch-1 latency (median, IQR) and tokens/s per row."""
+    from conftest import ROOT
+
+    lm = ROOT / "examples" / "lm"
+    code, out, err = run_cli("compare", "sample:tiny_lm", "--configs", lm / "fp16.json", lm / "int8.json",
+                             lm / "w4g32.json", "--out", tmp_path / "c", "--quiet")  # fmt: skip
+    assert code == 0, err
+    df = pd.read_csv(tmp_path / "c" / "compare.csv").set_index("config")
+    assert list(df.index) == ["FP32", "fp16", "int8", "w4g32"]
+    assert list(df["engine"]) == ["fp32", "fp16", "int8", "weight-only"]
+    assert (tmp_path / "c" / "fp16" / "model_fp16.onnx").is_file()
+    w4 = df.loc["w4g32"]
+    assert w4["engine_metric"] == pytest.approx(w4["simulated_metric"], rel=1e-6)
+    assert w4["drop"] > 0 and w4["drop_pct"] == pytest.approx(100 * w4["drop"] / df.loc["FP32", "simulated_metric"])
+    assert df.loc["fp16", "engine_drop_pct"] < 0.5  # float16 compute: nearly FP32
+    assert w4["engine_size_bytes"] < df.loc["int8", "engine_size_bytes"] < df.loc["fp16", "engine_size_bytes"] < df.loc["FP32", "engine_size_bytes"]
+    seq = json.loads((tmp_path / "c" / "compare.json").read_text())["tokens_per_sequence"]
+    assert seq == 64
+    assert list(df["tokens_per_s"]) == pytest.approx(list(seq * 1000.0 / df["latency_median_ms"]))
+    assert "increase (%)" in out and "tokens/s" in out
