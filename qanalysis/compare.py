@@ -23,7 +23,7 @@ import torch
 
 from .errors import ConfigError, ExportError
 from .quantized import simulate_outputs
-from .scheme import Config
+from .scheme import ALL_LAYERS, Config, Scheme, WeightSpec
 from .workload import Workload
 
 Progress = Callable[[str], None]
@@ -116,6 +116,22 @@ class Comparison:
         lines = ["  ".join(c.ljust(w[i]) for i, c in enumerate(row)) for row in rows]
         lines += [f"{r.config}: {r.note}" for r in self.rows if r.note]
         return "\n".join(lines)
+
+
+def _weight_only(bits: int, group: int, fixes: tuple[str, ...] = ()) -> Config:
+    return Config(scheme=Scheme(weights=WeightSpec(bits=bits, granularity=group), activations=None), fixes=fixes)
+
+
+# The seed's formats, FP16 / INT8 / INT4 side by side (the README's language-model table; the same
+# configs ship as examples/lm/LABEL.json): label → config.
+FORMATS: dict[str, Config] = {
+    "fp16": Config(layers={ALL_LAYERS: "fp16"}),
+    "int8": Config(),
+    "w8": _weight_only(8, 32),
+    "w4g128": _weight_only(4, 128),
+    "w4g32": _weight_only(4, 32),
+    "w4g32_gptq": _weight_only(4, 32, ("gptq",)),
+}
 
 
 def load_configs(paths: Sequence[str | Path]) -> dict[str, Config]:

@@ -191,3 +191,12 @@ def test_tiny_lm_compare_fp16_int8_w4_with_the_shipped_configs(run_cli, tmp_path
     assert seq == 64
     assert list(df["tokens_per_s"]) == pytest.approx(list(seq * 1000.0 / df["latency_median_ms"]))
     assert "increase (%)" in out and "tokens/s" in out
+
+
+def test_shipped_lm_configs_are_the_core_formats():
+    from conftest import ROOT
+    from qanalysis.compare import FORMATS
+    from qanalysis.scheme import Config
+
+    files = {p.stem: Config.load(p).to_dict() for p in sorted((ROOT / "examples" / "lm").glob("*.json"))}
+    assert files == {k: v.to_dict() for k, v in FORMATS.items()}
