@@ -51,7 +51,7 @@ from urllib.parse import urlparse
 import streamlit as st
 
 from qanalysis.errors import ConfigError, QAnalysisError
-from qanalysis.scheme import CALIBRATIONS, ActivationSpec, Config, Scheme, WeightSpec
+from qanalysis.scheme import CALIBRATIONS, ActivationSpec, Config, Scheme, WeightSpec, weight_only_format
 from qanalysis.workload import list_samples
 
 SOURCE = "source"
@@ -136,6 +136,14 @@ def deploy_config_json() -> str:
 
 def layer_names(a: Any) -> list[str]:
     return [layer.name for layer in a.qgraph.layers]
+
+
+def _weight_only(p: str) -> bool:
+    """A weight-only precision ("w4", "w4g128") a link may carry; a bad group size is dropped."""
+    try:
+        return weight_only_format(p) is not None
+    except ConfigError:
+        return False
 
 
 def float_layers(a: Any) -> list[str]:
@@ -365,7 +373,7 @@ def read_url() -> None:
     prec = {}
     for item in _split(q.get("prec")):
         name, _, p = item.rpartition("=")
-        if name and p in ("int8", "int4", "fp32", "fp16"):
+        if name and (p in ("int8", "int4", "fp32", "fp16") or _weight_only(p)):
             prec[name] = p
     ss[LAYER_PRECISIONS] = prec
     ss[FIXES] = _split(q.get("fixes"))

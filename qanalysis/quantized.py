@@ -29,11 +29,11 @@ def check_config(config: Config, qg: QuantGraph) -> None:
     for name in config.layers:
         if name not in known:
             qg.layer(name)  # raises ConfigError with suggestions
-    from .scheme import WEIGHT_ONLY
+    from .scheme import weight_only_format
     from .simulate import weight_only_layout
 
     for name, p in config.layers.items():
-        if p in WEIGHT_ONLY and name in qg.by_name and weight_only_layout(qg, qg.by_name[name]) is None:
+        if weight_only_format(p) is not None and name in qg.by_name and weight_only_layout(qg, qg.by_name[name]) is None:
             op = qg.program.nodes[qg.by_name[name].node].op
             raise ConfigError(f"layer {name!r}: weight-only {p!r} applies to MatMul/Gemm layers with a constant "
                               f"weight (ONNX Runtime's MatMulNBits); {name} is a {op}")  # fmt: skip

@@ -38,6 +38,27 @@ CALIBRATIONS: tuple[str, ...] = ("minmax", "percentile", "entropy", "mse")
 ALL_LAYERS = "*"
 
 
+def weight_only_format(p: str) -> tuple[int, int | None] | None:
+    """A weight-only precision → (bits, block): ``"w4"`` → (4, None: the scheme's block),
+    ``"w4g128"`` → (4, 128); None for any other precision. A block outside BLOCK_SIZES is a ConfigError."""
+    if not isinstance(p, str):
+        return None
+    if p in WEIGHT_ONLY:
+        return WEIGHT_ONLY[p], None
+    head, sep, g = p.partition("g")
+    if not sep or head not in WEIGHT_ONLY or not g.isdigit():
+        return None
+    if int(g) not in BLOCK_SIZES:
+        raise ConfigError(f"precision {p!r}: the group size must be one of {', '.join(map(str, BLOCK_SIZES))} "
+                          "(ONNX Runtime's MatMulNBits blocks)")  # fmt: skip
+    return WEIGHT_ONLY[head], int(g)
+
+
+def is_precision(p: object) -> bool:
+    """One of PRECISIONS, or a weight-only precision with its group size (``"w4g128"``)."""
+    return isinstance(p, str) and (p in PRECISIONS or weight_only_format(p) is not None)
+
+
 def _check_bits(bits: Any, what: str) -> None:
     if isinstance(bits, bool) or not isinstance(bits, int) or not 2 <= bits <= 16:
         raise ConfigError(f"{what} bits must be an integer in 2..16, got {bits!r}")
@@ -215,8 +236,9 @@ class Config:
         for name, p in self.layers.items():
             if not isinstance(name, str):
                 raise ConfigError(f"config 'layers': layer names must be strings, got {name!r}")
-            if not isinstance(p, str) or p not in PRECISIONS:
-                raise ConfigError(f"layer {name!r}: precision must be one of {', '.join(PRECISIONS)}, got {_json_type(p)}")
+            if not is_precision(p):
+                raise ConfigError(f"layer {name!r}: precision must be one of {', '.join(PRECISIONS)} (weight-only "
+                                  f"with a group size: w4g128, w8g32, ...), got {_json_type(p)}")  # fmt: skip
         if isinstance(self.fixes, str) or not all(isinstance(f, str) and f for f in self.fixes):
             raise ConfigError(f"config 'fixes' must be a list of fix names, got {self.fixes!r}")
         object.__setattr__(self, "layers", dict(self.layers))

@@ -124,11 +124,30 @@ def test_hf_causal_lm_end_to_end(run_cli, tmp_path):
     assert math.isfinite(e["engine_metric"]) and e["engine_metric"] == pytest.approx(e["simulated_metric"], rel=0.02)
 
 
-def test_tiny_lm_search_with_a_relative_budget(run_cli, tmp_path):
+def test_tiny_lm_search_over_formats_then_export(run_cli, tmp_path):
+    """search --max-drop 5% --objective size chooses weight-only W4 (group 32 or 128) per layer
+    beside static INT8; the chosen config exports to one engine, smaller than the all-INT8 one,
+    whose perplexity is the simulation's (up to the static INT8 layers' rounding ties)."""
     code, out, err = run_cli("search", "sample:tiny_lm", "--max-drop", "5%", "--objective", "size", "--out", tmp_path / "s", "--quiet")
     assert code == 0, err
     r = json.loads((tmp_path / "s" / "search.json").read_text())
     assert r["budget"] == "5%" and r["met_budget"] and "budget 5% = " in out
+    formats = r["layer_formats"]
+    assert formats and set(formats.values()) <= {"w4g32", "w4g128", "w8g32"} and "w4g32" in formats.values()
+    df = pd.read_csv(tmp_path / "s" / "pareto.csv")
+    chosen = df[df["chosen"]].iloc[0]
+    int8 = df[df["phase"] == "all int8"].iloc[0]
+    assert chosen["size_bytes"] < 0.8 * int8["size_bytes"] and chosen["drop"] <= r["max_drop"]
+    assert {"probe", "grow"} <= set(df["phase"])
+    code, out, err = run_cli("export", "sample:tiny_lm", "--config", tmp_path / "s" / "config.json", "--out", tmp_path / "e", "--quiet")
+    assert code == 0, err
+    e = json.loads((tmp_path / "e" / "export.json").read_text())
+    assert e["mode"] == "int8+weight-only" and {w["layer"] for w in e["weight_only"]} == set(formats)
+    assert all(w["ort_identical"] for w in e["weight_only"])
+    assert e["simulated_metric"] == pytest.approx(chosen["metric"], rel=1e-9)  # the search's verdict is the export's simulation
+    assert e["engine_metric"] == pytest.approx(e["simulated_metric"], rel=5e-3)
+    # the cost model's size is conservative: the engine is no larger than predicted, and close to it
+    assert e["int8_size_bytes"] < int8["size_bytes"] and 0.85 * chosen["size_bytes"] <= e["int8_size_bytes"] <= chosen["size_bytes"]
 
 
 def test_diff_of_perplexities_follows_the_direction():
@@ -200,3 +219,15 @@ def test_shipped_lm_configs_are_the_core_formats():
 
     files = {p.stem: Config.load(p).to_dict() for p in sorted((ROOT / "examples" / "lm").glob("*.json"))}
     assert files == {k: v.to_dict() for k, v in FORMATS.items()}
+
+
+def test_recommendations_speak_in_relative_increase_for_perplexity():
+    from types import SimpleNamespace
+
+    from qanalysis.outliers import _amount
+
+    ppl = SimpleNamespace(relative_verdict=True, metric_name="perplexity (per byte)")
+    acc = SimpleNamespace(relative_verdict=False, metric_name="accuracy (%)")
+    assert _amount(ppl, 0.056, 5.6) == "1.00 % of FP32 perplexity"
+    assert _amount(ppl, -0.056, 5.6, signed=True) == "-1.00 % of FP32 perplexity"
+    assert _amount(acc, 0.25, 97.0) == "0.25 points" and _amount(acc, 0.0, 97.0, signed=True) == "0.00 points"
