@@ -33,13 +33,14 @@ COLUMN_LABELS = {
 }  # fmt: skip
 
 
-def sensitivity_bars(layers: pd.DataFrame) -> go.Figure:
-    """Metric drop with only this layer quantized, and recovered by keeping only it in float."""
+def sensitivity_bars(layers: pd.DataFrame, unit: str = "metric points") -> go.Figure:
+    """Metric drop with only this layer quantized, and recovered by keeping only it in float;
+    ``unit``: what a drop is in (a lower-is-better metric's rise: "perplexity increase")."""
     fig = go.Figure()
     fig.add_bar(x=layers["layer"], y=layers["metric_drop"], name="drop, only this layer quantized")
     fig.add_bar(x=layers["layer"], y=layers["metric_drop_all_but"], name="recovered by keeping it in float")
-    fig.update_layout(title="Per-layer sensitivity (metric points)", barmode="group", xaxis=_LAYER_AXIS,
-                      yaxis_title="metric points", legend=dict(orientation="h", y=1.02, yanchor="bottom", x=1, xanchor="right"),
+    fig.update_layout(title=f"Per-layer sensitivity ({unit})", barmode="group", xaxis=_LAYER_AXIS,
+                      yaxis_title=unit, legend=dict(orientation="h", y=1.02, yanchor="bottom", x=1, xanchor="right"),
                       **_LAYOUT)  # fmt: skip
     return fig
 
