@@ -144,6 +144,7 @@ def test_tiny_lm_search_over_formats_then_export(run_cli, tmp_path):
     e = json.loads((tmp_path / "e" / "export.json").read_text())
     assert e["mode"] == "int8+weight-only" and {w["layer"] for w in e["weight_only"]} == set(formats)
     assert all(w["ort_identical"] for w in e["weight_only"])
+    assert e["layer_checks"] and not e["disagreements"]  # every static layer, given the engine's own inputs
     assert e["simulated_metric"] == pytest.approx(chosen["metric"], rel=1e-9)  # the search's verdict is the export's simulation
     assert e["engine_metric"] == pytest.approx(e["simulated_metric"], rel=5e-3)
     # the cost model's size is conservative: the engine is no larger than predicted, and close to it
