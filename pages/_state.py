@@ -51,7 +51,7 @@ from urllib.parse import urlparse
 import streamlit as st
 
 from qanalysis.errors import ConfigError, QAnalysisError
-from qanalysis.scheme import CALIBRATIONS, ActivationSpec, Config, Scheme, WeightSpec, weight_only_format
+from qanalysis.scheme import ALL_LAYERS, CALIBRATIONS, ActivationSpec, Config, Scheme, WeightSpec, weight_only_format
 from qanalysis.workload import list_samples
 
 SOURCE = "source"
@@ -422,12 +422,14 @@ def apply_config(config: Config, name: str, a: Any) -> list[str]:
             by_module.setdefault(layer.module, []).append(layer.name)
     names = set(layer_names(a))
     precision: dict[str, str] = {}
+    if ALL_LAYERS in config.layers:  # "*": every layer the config does not name
+        precision.update({n: config.layers[ALL_LAYERS] for n in names})
     for key, p in config.layers.items():  # a module's precision first, a layer's own name wins
         if key not in names:
             for n in by_module.get(key, []):
                 precision[n] = p
     precision.update({k: p for k, p in config.layers.items() if k in names})
-    unknown = [k for k in config.layers if k not in names and k not in by_module]
+    unknown = [k for k in config.layers if k not in names and k not in by_module and k != ALL_LAYERS]
     order = layer_names(a)
     ss = st.session_state
     ss.update(widgets)

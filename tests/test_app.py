@@ -685,3 +685,15 @@ def test_formats_table_of_a_language_model() -> None:
     assert (df["tokens_per_s"] > 0).all()
     assert df["engine_size_bytes"].is_monotonic_decreasing
     assert "formats_chart" in at.get("plotly_chart")[0].proto.id
+
+
+def test_load_config_with_every_layer_in_fp16() -> None:
+    """examples/lm/fp16.json's "*" (every layer not named) becomes every layer's choice."""
+    at = goto(start(PLANTED), "pages/export.py")
+    config = {"layers": {"*": "fp16", "fc": "fp32"}}
+    at.file_uploader(key="w_config_file").set_value(("fp16.json", json.dumps(config).encode(), "application/json")).run()
+    assert not at.exception, at.exception
+    names = [layer.name for layer in analysis_of(at).qgraph.layers]
+    ss = at.session_state
+    assert ss["float_layers"] == [n for n in names if n != "fc"] and ss["layer_precisions"] == {"fc": "fp32"}
+    assert "Loaded **fp16.json**" in texts(at.success) and not at.warning
