@@ -66,6 +66,7 @@ PAGES = {
     "Deploy": [
         st.Page("pages/fixes.py", title="Fixes", icon=":material/build:"),
         st.Page("pages/mixed_precision.py", title="Mixed precision", icon=":material/tune:"),
+        st.Page("pages/formats.py", title="Formats", icon=":material/compare_arrows:"),
         st.Page("pages/export.py", title="Export", icon=":material/download:"),
     ],
 }

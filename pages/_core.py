@@ -30,6 +30,7 @@ from pages._state import Key, analysis_key, deploy_config_json
 from qanalysis.analysis import Analysis, ConfigResult, analyze, simulate_config
 from qanalysis.baseline import Baseline, measure_baseline
 from qanalysis.channels import ChannelView, channel_view
+from qanalysis.compare import FORMATS, Comparison, compare
 from qanalysis.errors import QAnalysisError
 from qanalysis.export import ExportReport, export
 from qanalysis.graphview import GraphView, graph_view
@@ -108,6 +109,17 @@ def current_analysis(config_json: str | None = None) -> Analysis:
         return with_progress(
             key, what, lambda p: cached_analysis(source, data, config_json, stamp, _progress=p)
         )
+    except QAnalysisError as e:
+        st.error(str(e))
+        st.stop()
+
+
+def current_workload() -> Workload:
+    """The committed workload alone (no analysis: pages that only build engines start sooner);
+    a user-facing error is shown with ``st.error`` and stops the page."""
+    source, data, _, stamp = analysis_key()
+    try:
+        return cached_workload(source, data, stamp)
     except QAnalysisError as e:
         st.error(str(e))
         st.stop()
@@ -269,6 +281,25 @@ def build_export(config_json: str, mode: str) -> Built:
         key,
         f"Building the {mode} engine",
         lambda p: cached_export(source, data, stamp, config_json, mode, _progress=p),
+    )
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def cached_formats(source: str, data: str | None, stamp: float, labels: tuple[str, ...], _progress=None) -> Comparison:
+    """``qanalysis compare`` of the formats ``labels`` (``compare.FORMATS``): each built as a
+    real engine in a temporary folder (removed afterwards) and measured; the table stays."""
+    wl = cached_workload(source, data, stamp)
+    with tempfile.TemporaryDirectory(prefix="qanalysis-formats-") as d:
+        return compare(wl, {label: FORMATS[label] for label in labels}, Path(d), progress=_progress, repeats=10)
+
+
+def run_formats(labels: tuple[str, ...]) -> Comparison:
+    """The formats side by side with a progress box on a miss; a QAnalysisError propagates."""
+    source, data, _, stamp = analysis_key()
+    return with_progress(
+        ("formats", source, data, stamp, labels),
+        f"Building and measuring {len(labels)} format(s)",
+        lambda p: cached_formats(source, data, stamp, labels, _progress=p),
     )
 
 

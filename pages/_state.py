@@ -51,7 +51,7 @@ from urllib.parse import urlparse
 import streamlit as st
 
 from qanalysis.errors import ConfigError, QAnalysisError
-from qanalysis.scheme import CALIBRATIONS, ActivationSpec, Config, Scheme, WeightSpec
+from qanalysis.scheme import ALL_LAYERS, CALIBRATIONS, ActivationSpec, Config, Scheme, WeightSpec, weight_only_format
 from qanalysis.workload import list_samples
 
 SOURCE = "source"
@@ -136,6 +136,14 @@ def deploy_config_json() -> str:
 
 def layer_names(a: Any) -> list[str]:
     return [layer.name for layer in a.qgraph.layers]
+
+
+def _weight_only(p: str) -> bool:
+    """A weight-only precision ("w4", "w4g128") a link may carry; a bad group size is dropped."""
+    try:
+        return weight_only_format(p) is not None
+    except ConfigError:
+        return False
 
 
 def float_layers(a: Any) -> list[str]:
@@ -365,7 +373,7 @@ def read_url() -> None:
     prec = {}
     for item in _split(q.get("prec")):
         name, _, p = item.rpartition("=")
-        if name and p in ("int8", "int4", "fp32", "fp16"):
+        if name and (p in ("int8", "int4", "fp32", "fp16") or _weight_only(p)):
             prec[name] = p
     ss[LAYER_PRECISIONS] = prec
     ss[FIXES] = _split(q.get("fixes"))
@@ -414,12 +422,14 @@ def apply_config(config: Config, name: str, a: Any) -> list[str]:
             by_module.setdefault(layer.module, []).append(layer.name)
     names = set(layer_names(a))
     precision: dict[str, str] = {}
+    if ALL_LAYERS in config.layers:  # "*": every layer the config does not name
+        precision.update({n: config.layers[ALL_LAYERS] for n in names})
     for key, p in config.layers.items():  # a module's precision first, a layer's own name wins
         if key not in names:
             for n in by_module.get(key, []):
                 precision[n] = p
     precision.update({k: p for k, p in config.layers.items() if k in names})
-    unknown = [k for k in config.layers if k not in names and k not in by_module]
+    unknown = [k for k in config.layers if k not in names and k not in by_module and k != ALL_LAYERS]
     order = layer_names(a)
     ss = st.session_state
     ss.update(widgets)

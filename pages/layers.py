@@ -52,7 +52,9 @@ with tabs[0]:
             icon=":material/check_circle:",
         )
     else:
-        st.plotly_chart(figures.sensitivity_bars(layers), key="sensitivity_chart")
+        wl = a.workload
+        unit = "metric points" if wl.higher_is_better else f"{wl.metric_name.split(' (')[0]} increase"
+        st.plotly_chart(figures.sensitivity_bars(layers, unit), key="sensitivity_chart")
 with tabs[1]:
     st.plotly_chart(figures.sqnr_lines(layers), key="sqnr_chart")
     st.caption(

@@ -120,12 +120,13 @@ if res is not None:
     df = res.frame()
     chosen_row = df[df["chosen"]].iloc[0]
     chosen_layers = res.chosen.float_layers()
+    chosen_formats = summ.get("layer_formats") or {}  # weight-only layers (language models)
     current = frozenset(float_layers(a))
     kept = (
         f"{figures.layers_label(';'.join(chosen_layers), sep=', ')} in FP16"
         if chosen_layers
         else "all INT8"
-    )
+    ) + (f", {len(chosen_formats)} layer(s) weight-only ({', '.join(sorted(set(chosen_formats.values())))})" if chosen_formats else "")
     text = (
         f"**Chosen config:** {kept} — "
         f"{metric_name} {chosen_row['metric']:.2f}, drop {chosen_row['drop']:.2f} points"
@@ -142,10 +143,10 @@ if res is not None:
 
     def _use() -> None:
         ss[FLOAT_LAYERS] = [n for n in names if n in set(chosen_layers)]
-        ss[LAYER_PRECISIONS] = {}
+        ss[LAYER_PRECISIONS] = dict(chosen_formats)
 
     with st.container(horizontal=True, vertical_alignment="center"):
-        in_use = frozenset(chosen_layers) == current and not ss.get(LAYER_PRECISIONS)
+        in_use = frozenset(chosen_layers) == current and (ss.get(LAYER_PRECISIONS) or {}) == chosen_formats
         st.button(
             "Use this config",
             icon=":material/check:",

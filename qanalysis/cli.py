@@ -95,7 +95,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="allowed metric drop: points (1.5), or a percentage of the FP32 metric (5%%); for lower-is-better "
                         "metrics (perplexity) a drop is a rise")  # fmt: skip
     s.add_argument("--objective", choices=["latency", "size"], default="latency")
-    s.add_argument("--int4", action="store_true", help="also try int4 weights (simulated only: not exportable to ORT)")
+    s.add_argument("--formats", action=argparse.BooleanOptionalAction, default=None,
+                   help="also choose weight-only W8/W4 (group 32 or 128) per MatMul/Gemm layer (MatMulNBits engines); "
+                        "default: on for language models")  # fmt: skip
     e = model_cmd("export", "verified ONNX Runtime engines for a config")
     e.add_argument("--mode", choices=["int8", "dynamic", "fp16"], default="int8",
                    help="int8: static QDQ engine (default); dynamic: weights-only INT8; fp16")  # fmt: skip
@@ -339,7 +341,7 @@ def _search(args: argparse.Namespace) -> int:
         a = analyze(wl, config, progress=say, baseline=False, previews=0)
         for w in a.warnings:
             print(f"warning: {w}", file=sys.stderr)
-        res = search(a, Budget.parse(args.max_drop), objective=args.objective, progress=say, allow_int4=args.int4)
+        res = search(a, Budget.parse(args.max_drop), objective=args.objective, progress=say, formats=args.formats)
         write_search(res, a, out)  # pareto.csv, search.json, config.json, report.html
     s = res.summary()
     chosen = res.evaluated[res.chosen_id]
@@ -350,6 +352,8 @@ def _search(args: argparse.Namespace) -> int:
         print(f"latency: predicted {s['predicted_latency_ms']:.3f} ms, measured {s['measured_latency_ms']:.3f} ms "
               f"({s['latency_prediction_error_pct']:+.1f}%); all-INT8 {s['int8_latency_ms']:.3f} ms, FP32 {s['fp32_latency_ms']:.3f} ms")  # fmt: skip
     print(f"{s['n_evaluations']} config evaluations for {s['n_layers']} layers in {s['seconds']:.1f} s")
+    if s["layer_formats"]:
+        print(f"weight-only layers: {', '.join(f'{n} {f}' for n, f in s['layer_formats'].items())}")
     for n in s["notes"]:
         print(f"note: {n}")
     print(_wrote(st))

@@ -23,14 +23,15 @@ import torch
 
 from .errors import ConfigError, ExportError
 from .quantized import simulate_outputs
-from .scheme import Config
+from .scheme import ALL_LAYERS, Config, Scheme, WeightSpec
 from .workload import Workload
 
 Progress = Callable[[str], None]
 FP32_LABEL = "FP32"
 COLUMNS = [
-    "config", "fixes", "scheme", "simulated_metric", "drop", "drop_ci_low", "drop_ci_high", "worst_class", "worst_class_delta",
-    "engine_metric", "sim_engine_gap", "engine_size_bytes", "latency_ms", "latency_std_ms", "note",
+    "config", "fixes", "scheme", "simulated_metric", "drop", "drop_pct", "drop_ci_low", "drop_ci_high", "worst_class",
+    "worst_class_delta", "engine", "engine_metric", "engine_drop_pct", "sim_engine_gap", "engine_size_bytes", "latency_ms",
+    "latency_std_ms", "latency_median_ms", "latency_iqr_ms", "latency_unstable", "tokens_per_s", "note",
 ]  # fmt: skip
 
 
@@ -50,6 +51,14 @@ class CompareRow:
     note: str = ""
     drop_ci_low: float = math.nan
     drop_ci_high: float = math.nan
+    drop_pct: float = math.nan  # the drop in % of the FP32 metric (perplexity: its relative increase)
+    engine: str = ""  # what ran: "fp32", "int8" (QDQ), "weight-only" (MatMulNBits), "int8+weight-only", "fp16"
+    engine_drop_pct: float = math.nan  # the engine's drop in % of the FP32 engine's metric
+    # batch 1, the evaluation's sequence length: baseline.latency_protocol (median, IQR; ms per call)
+    latency_median_ms: float = math.nan
+    latency_iqr_ms: float = math.nan
+    latency_unstable: bool | None = None
+    tokens_per_s: float = math.nan  # language models: tokens of one batch-1 forward / its median latency
 
     @property
     def sim_engine_gap(self) -> float:
@@ -57,6 +66,14 @@ class CompareRow:
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "sim_engine_gap": self.sim_engine_gap}
+
+    def timed(self, proto: Mapping[str, Any], tokens: int | None) -> None:
+        """Fill the latency columns from one ``latency_protocol`` result."""
+        self.latency_ms, self.latency_std_ms = proto["mean_ms"], proto["std_ms"]
+        self.latency_median_ms, self.latency_iqr_ms = proto["median_ms"], proto["iqr_ms"]
+        self.latency_unstable = proto["unstable"]
+        if tokens and proto["median_ms"] > 0:
+            self.tokens_per_s = tokens * 1000.0 / proto["median_ms"]
 
 
 @dataclass
@@ -66,6 +83,8 @@ class Comparison:
     rows: list[CompareRow]
     fix_notes: dict[str, list[str]] = field(default_factory=dict)
     seconds: float = 0.0
+    lower_is_better: bool = False  # perplexity, loss: a drop is an increase
+    tokens_per_sequence: int | None = None  # language models: the evaluation's sequence length
 
     def to_frame(self) -> pd.DataFrame:
         df = pd.DataFrame([r.to_dict() for r in self.rows], columns=COLUMNS)
@@ -74,24 +93,45 @@ class Comparison:
 
     def to_dict(self) -> dict[str, Any]:
         return {"model": self.model, "metric_name": self.metric_name, "rows": [r.to_dict() for r in self.rows],
-                "fix_notes": self.fix_notes, "seconds": self.seconds}  # fmt: skip
+                "fix_notes": self.fix_notes, "seconds": self.seconds, "lower_is_better": self.lower_is_better,
+                "tokens_per_sequence": self.tokens_per_sequence}  # fmt: skip
 
     def table(self) -> str:
         def f(x: float | None, nd: int = 2) -> str:
             return "" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{x:.{nd}f}"
 
-        head = ("config", f"simulated {self.metric_name}", "drop [95% CI]", "worst class Δ", "engine", "size (KB)", "latency (ms)")
+        lm = any(math.isfinite(r.tokens_per_s) for r in self.rows)
+        head = ("config", f"simulated {self.metric_name}", "drop [95% CI]", "increase (%)" if self.lower_is_better else "drop (%)",
+                "worst class Δ", "engine", "engine kind", "size (KB)", "latency b1 (ms, median ± IQR)") + (("tokens/s",) if lm else ())  # fmt: skip
         rows = [head]
         for r in self.rows:
             worst = f"{f(r.worst_class_delta)} ({r.worst_class})" if r.worst_class is not None else ""
             size = f"{r.engine_size_bytes / 1e3:.1f}" if r.engine_size_bytes else ""
-            lat = f"{r.latency_ms:.3f} ± {r.latency_std_ms:.3f}" if math.isfinite(r.latency_ms) else ""
+            lat = f"{r.latency_median_ms:.3f} ± {r.latency_iqr_ms:.3f}" if math.isfinite(r.latency_median_ms) else ""
+            lat += " (unstable)" if r.latency_unstable else ""
             drop = f(r.drop) + (f" [{f(r.drop_ci_low)}, {f(r.drop_ci_high)}]" if math.isfinite(r.drop_ci_low) else "")
-            rows.append((r.config, f(r.simulated_metric), drop, worst, f(r.engine_metric), size, lat))
+            rows.append((r.config, f(r.simulated_metric), drop, f(r.drop_pct, 1), worst, f(r.engine_metric), r.engine, size, lat)
+                        + ((f(r.tokens_per_s, 0),) if lm else ()))  # fmt: skip
         w = [max(len(row[i]) for row in rows) for i in range(len(head))]
         lines = ["  ".join(c.ljust(w[i]) for i, c in enumerate(row)) for row in rows]
         lines += [f"{r.config}: {r.note}" for r in self.rows if r.note]
         return "\n".join(lines)
+
+
+def _weight_only(bits: int, group: int, fixes: tuple[str, ...] = ()) -> Config:
+    return Config(scheme=Scheme(weights=WeightSpec(bits=bits, granularity=group), activations=None), fixes=fixes)
+
+
+# The seed's formats, FP16 / INT8 / INT4 side by side (the README's language-model table; the same
+# configs ship as examples/lm/LABEL.json): label → config.
+FORMATS: dict[str, Config] = {
+    "fp16": Config(layers={ALL_LAYERS: "fp16"}),
+    "int8": Config(),
+    "w8": _weight_only(8, 32),
+    "w4g128": _weight_only(4, 128),
+    "w4g32": _weight_only(4, 32),
+    "w4g32_gptq": _weight_only(4, 32, ("gptq",)),
+}
 
 
 def load_configs(paths: Sequence[str | Path]) -> dict[str, Config]:
@@ -118,6 +158,26 @@ def fp32_outputs(wl: Workload) -> torch.Tensor:
         return torch.cat([qg.program.run(dict(zip(qg.input_names, x)))[qg.program.outputs[0]].float() for x, _ in wl.evaluation])
 
 
+def tokens_per_sequence(wl: Workload) -> int | None:
+    """A language model's sequence length (its targets are next-token ids [N, S]); None otherwise."""
+    if wl.task != "language_model":
+        return None
+    return int(wl.evaluation[0][1].shape[1])
+
+
+def all_fp16(wl: Workload, config: Config) -> bool:
+    """Every quantizable layer of the config is fp16 (``{"layers": {"*": "fp16"}}``) and no fix
+    changes the weights: the config is the FP16 model, built as a real FP16 engine."""
+    from .graph import prepare
+    from .simulate import Simulator
+
+    if config.fixes or not config.layers:
+        return False
+    qg = prepare(wl, config.scheme)
+    sim = Simulator(qg, {}, config.scheme)
+    return all(sim.layer_format(config, l).kind == "fp16" for l in qg.layers)
+
+
 def compare(
     wl: Workload,
     configs: Mapping[str, Config],
@@ -127,9 +187,13 @@ def compare(
     repeats: int = 20,
     engines: bool = True,
 ) -> Comparison:
-    """FP32 and each config, simulated and (where the engine supports it) exported to ``out/LABEL``."""
+    """FP32 and each config, simulated and (where the engine supports it) exported to ``out/LABEL``.
+
+    Latency: batch 1 (one sequence of the evaluation's length for a language model) through
+    ``baseline.latency_protocol`` (median, IQR); a config whose every layer is fp16 is built as a
+    real FP16 engine (``export(mode="fp16")``: float16 compute, not fp16 storage)."""
     from .quantized import check_config
-    from .baseline import first_sample, time_calls
+    from .baseline import first_sample, latency_protocol
     from .engine import run_session, session
     from .graph import prepare
 
@@ -141,63 +205,79 @@ def compare(
     fp = fp32_outputs(wl)
     fp_metric = wl.score(fp)
     qg = prepare(wl)
-    fp_row = CompareRow(config=FP32_LABEL, fixes="", scheme="fp32", simulated_metric=fp_metric, drop=0.0)
+    tokens = tokens_per_sequence(wl)
+    fp_row = CompareRow(config=FP32_LABEL, fixes="", scheme="fp32", simulated_metric=fp_metric, drop=0.0, drop_pct=0.0)
     if engines:
         sess = session(qg.float_path)
+        fp_row.engine = "fp32"
         fp_row.engine_metric = wl.score(torch.cat([run_session(sess, x) for x, _ in wl.evaluation]))
+        fp_row.engine_drop_pct = 0.0
         fp_row.engine_size_bytes = qg.float_path.stat().st_size
-        lat = time_calls(lambda: run_session(sess, first_sample(wl.evaluation[0][0])), 1, repeats=repeats)
-        fp_row.latency_ms, fp_row.latency_std_ms = lat.mean_ms, lat.std_ms
+        x1 = first_sample(wl.evaluation[0][0])
+        fp_row.timed(latency_protocol(lambda: run_session(sess, x1), repeats=max(repeats, 10)), tokens)
     rows = [fp_row]
     notes: dict[str, list[str]] = {}
     created: list[Path] = []
     try:
         for label, cfg in configs.items():
-            rows.append(_compare_one(wl, label, cfg, fp, fp_metric, out, notes, created, engines, repeats, say))
+            rows.append(_compare_one(wl, label, cfg, fp, fp_metric, fp_row.engine_metric, out, notes, created, engines, repeats, say))
     except BaseException:  # no half-finished engine folders from this run
         for d in created:
             shutil.rmtree(d, ignore_errors=True)
         raise
-    return Comparison(wl.name, wl.metric_name, rows, notes, time.perf_counter() - t0)
+    return Comparison(wl.name, wl.metric_name, rows, notes, time.perf_counter() - t0,
+                      lower_is_better=not wl.higher_is_better, tokens_per_sequence=tokens)  # fmt: skip
 
 
 def _compare_one(
-    wl: Workload, label: str, cfg: Config, fp: torch.Tensor, fp_metric: float, out: Path,
+    wl: Workload, label: str, cfg: Config, fp: torch.Tensor, fp_metric: float, fp_engine_metric: float, out: Path,
     notes: dict[str, list[str]], created: list[Path], engines: bool, repeats: int, say: Progress,
 ) -> CompareRow:  # fmt: skip
     from .analysis import per_class_frame
+    from .baseline import first_sample, latency_protocol
+    from .engine import run_session, session
     from .export import export
     from .stats import drop_interval
+    from .workload import relative
 
     say(f"{label}: simulating" + (f" with {', '.join(cfg.fixes)}" if cfg.fixes else ""))
     q, notes[label] = simulate_outputs(wl, cfg, say)
     metric = wl.score(q)
     iv = drop_interval(wl.evaluate, fp, q, wl.targets(), max_seconds=5.0, higher_is_better=wl.higher_is_better)
-    row = CompareRow(config=label, fixes="+".join(cfg.fixes), scheme=cfg.scheme.label(),
-                     simulated_metric=metric, drop=wl.drop(fp_metric, metric), drop_ci_low=iv.low, drop_ci_high=iv.high)  # fmt: skip
+    drop = wl.drop(fp_metric, metric)
+    fp16 = all_fp16(wl, cfg)
+    row = CompareRow(config=label, fixes="+".join(cfg.fixes), scheme="fp16" if fp16 else cfg.scheme.label(),
+                     simulated_metric=metric, drop=drop, drop_ci_low=iv.low, drop_ci_high=iv.high,
+                     drop_pct=relative(drop, fp_metric))  # fmt: skip
     pc = per_class_frame(wl, fp, q)
     if pc is not None and len(pc):
         worst = pc.sort_values("delta").iloc[0]
         row.worst_class, row.worst_class_delta = str(worst["class"]), float(worst["delta"])
     if not engines:
         return row
-    say(f"{label}: building and verifying the engine")
+    say(f"{label}: building and verifying the {'FP16 ' if fp16 else ''}engine")
     dest = out / label
     if not dest.exists():
         created.append(dest)
     dest.mkdir(parents=True, exist_ok=True)
     try:
-        rep = export(wl, cfg, dest, repeats=repeats, progress=say)
+        rep = export(wl, cfg, dest, mode="fp16" if fp16 else "int8", repeats=repeats, progress=say)
     except ExportError as e:  # e.g. 4-bit weights: simulated only
         if dest in created:
             shutil.rmtree(dest, ignore_errors=True)
             created.remove(dest)
         row.note = f"engine not built: {e}"
         return row
+    row.engine = rep.mode
     row.engine_metric = rep.engine_metric
+    row.engine_drop_pct = relative(wl.drop(fp_engine_metric, rep.engine_metric), fp_engine_metric) if math.isfinite(fp_engine_metric) else math.nan
     row.engine_size_bytes = rep.int8_size_bytes
-    row.latency_ms, row.latency_std_ms = rep.int8_latency_ms, rep.int8_latency_std_ms
-    if abs(rep.simulated_metric - metric) > 1e-9:
+    sess = session(dest / rep.files["engine"])
+    x1 = first_sample(wl.evaluation[0][0])
+    row.timed(latency_protocol(lambda: run_session(sess, x1), repeats=max(repeats, 10)), tokens_per_sequence(wl))
+    if fp16:
+        row.note = "a real FP16 engine (float16 compute); simulated: weights rounded to float16"
+    elif abs(rep.simulated_metric - metric) > 1e-9:
         row.note = f"the export's own simulation gave {rep.simulated_metric:.3f}"
     return row
 

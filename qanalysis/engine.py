@@ -584,10 +584,15 @@ def build_weight_only_engine(qg, sim, plan, out_path: Path, calib: Inputs) -> tu
     for l in wo:
         target[l.name] = _gemm_to_matmul(model, l.node_name) if sim.layout(l) == "nk" and qg.program.nodes[l.node].op == "Gemm" else l.node_name
     matmuls = [n.name for n in model.graph.node if n.op_type == "MatMul"]
-    block, sym = sim.scheme.block_size(), sim.scheme.weights.symmetric
+    sym = sim.scheme.weights.symmetric
+
+    def fmt(l) -> tuple[int, int]:  # (bits, block): a layer's own block ("w4g128") or the scheme's
+        f = sim.layer_format(config, l)
+        return f.bits, f.block or sim.scheme.block_size()
+
     out: list[WeightOnlyLayer] = []
-    for bits in sorted({sim.layer_format(config, l).bits for l in wo}):
-        mine = {target[l.name] for l in wo if sim.layer_format(config, l).bits == bits}
+    for bits, block in sorted({fmt(l) for l in wo}):
+        mine = {target[l.name] for l in wo if fmt(l) == (bits, block)}
         q = MatMulNBitsQuantizer(model, bits=bits, block_size=block, is_symmetric=sym, accuracy_level=None,
                                  nodes_to_exclude=[n for n in matmuls if n not in mine])  # fmt: skip
         with quiet():
@@ -600,7 +605,7 @@ def build_weight_only_engine(qg, sim, plan, out_path: Path, calib: Inputs) -> tu
     inits = {t.name: t for t in g.initializer}
     nodes = {n.name: n for n in g.node}
     for l in wo:
-        bits = sim.layer_format(config, l).bits
+        bits, block = fmt(l)
         wname = qg.program.nodes[l.node].inputs[1]
         node = nodes.get(f"{target[l.name]}_Q{bits}")
         if node is None or node.op_type != "MatMulNBits":
@@ -616,7 +621,7 @@ def build_weight_only_engine(qg, sim, plan, out_path: Path, calib: Inputs) -> tu
         if z is not None:
             inits[node.input[3]].CopyFrom(onnx.numpy_helper.from_array(z.reshape(ort_z.shape), node.input[3]))
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        out.append(WeightOnlyLayer(l.name, node.name, bits, block, sym, int(attrs["K"]), int(attrs["N"]), bool(same)))
+        out.append(WeightOnlyLayer(l.name, node.name, bits, int(attrs["block_size"]), sym, int(attrs["K"]), int(attrs["N"]), bool(same)))
     _prune(model)
     try:
         onnx.checker.check_model(model)

@@ -137,7 +137,12 @@ def layer_checks(wl: Workload, sim: Simulator, plan: SimPlan, engine_path: Path,
             src = src[: -len("_QuantizeLinear_Input")] if src.endswith("_QuantizeLinear_Input") else src
             dq_of.setdefault(src, n.output[0])
     existing = {o.name for o in m.graph.output}
-    for name in dq_of.values():
+    # a weight-only layer reads a float tensor the engine never dequantizes: read it as is, so a
+    # check through that layer starts from the engine's own input (not the simulation's upstream)
+    produced = {o for n in m.graph.node for o in n.output}
+    wo_inputs = {prog.nodes[l.node].inputs[0] for l in qg.layers if sim.layer_format(plan.config, l).kind == "w"}
+    wo_inputs = {t for t in wo_inputs if t in produced and t not in dq_of}
+    for name in [*dq_of.values(), *sorted(wo_inputs)]:
         if name not in existing:
             m.graph.output.append(helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
     tmp = engine_path.with_name(f".{engine_path.name}.debug-{os.getpid()}.onnx")
@@ -149,8 +154,19 @@ def layer_checks(wl: Workload, sim: Simulator, plan: SimPlan, engine_path: Path,
         tmp.with_name(tmp.name + ".data").unlink(missing_ok=True)
     out_names = [o.name for o in sess.get_outputs()]
     targets: list[tuple[str, str, set[int]]] = []  # (layer, quantized output tensor, nodes to run)
+    def chain(l) -> set[int]:
+        """The layer's node, and a weight-only MatMul feeding it (its output is never dequantized
+        in the engine: the check starts from that MatMul's input)."""
+        nodes = {l.node}
+        for t in prog.nodes[l.node].inputs:
+            p = prog.producer.get(t)
+            if t and t not in dq_of and p in qg.by_node and sim.layer_format(plan.config, qg.by_node[p]).kind == "w":
+                nodes.add(p)
+        return nodes
+
     for l in qg.layers:
-        cands = [(l.output, {l.node})] + [(o, {l.node, i}) for o, i in _activation_outputs(qg, l.output)]
+        base = chain(l)
+        cands = [(l.output, base)] + [(o, base | {i}) for o, i in _activation_outputs(qg, l.output)]
         for t, nodes in cands:
             if t in dq_of:
                 targets.append((l.name, t, nodes))
@@ -162,6 +178,7 @@ def layer_checks(wl: Workload, sim: Simulator, plan: SimPlan, engine_path: Path,
             res = dict(zip(out_names, sess.run(None, feeds)))
             env = sim.run(dict(zip(qg.input_names, x)), plan, keep=True)
             engine_env = {t: torch.from_numpy(res[d]).float() for t, d in dq_of.items() if d in res}
+            engine_env.update({t: torch.from_numpy(res[t]).float() for t in wo_inputs if t in res})
             for layer, t, nodes in targets:
                 qp = sim.act_qparams(t)
                 if qp is None or t not in engine_env:

@@ -33,13 +33,14 @@ COLUMN_LABELS = {
 }  # fmt: skip
 
 
-def sensitivity_bars(layers: pd.DataFrame) -> go.Figure:
-    """Metric drop with only this layer quantized, and recovered by keeping only it in float."""
+def sensitivity_bars(layers: pd.DataFrame, unit: str = "metric points") -> go.Figure:
+    """Metric drop with only this layer quantized, and recovered by keeping only it in float;
+    ``unit``: what a drop is in (a lower-is-better metric's rise: "perplexity increase")."""
     fig = go.Figure()
     fig.add_bar(x=layers["layer"], y=layers["metric_drop"], name="drop, only this layer quantized")
     fig.add_bar(x=layers["layer"], y=layers["metric_drop_all_but"], name="recovered by keeping it in float")
-    fig.update_layout(title="Per-layer sensitivity (metric points)", barmode="group", xaxis=_LAYER_AXIS,
-                      yaxis_title="metric points", legend=dict(orientation="h", y=1.02, yanchor="bottom", x=1, xanchor="right"),
+    fig.update_layout(title=f"Per-layer sensitivity ({unit})", barmode="group", xaxis=_LAYER_AXIS,
+                      yaxis_title=unit, legend=dict(orientation="h", y=1.02, yanchor="bottom", x=1, xanchor="right"),
                       **_LAYOUT)  # fmt: skip
     return fig
 
@@ -157,6 +158,28 @@ def _size_unit(max_bytes: float) -> tuple[float, str]:
     if max_bytes >= 2e6:
         return 1e6, "MB"
     return 1e3, "KB"
+
+
+def size_vs_metric(df: pd.DataFrame, *, metric_name: str, higher_is_better: bool = True) -> go.Figure:
+    """Each format's engine: file size against its metric (``Comparison.to_frame()``); the
+    simulated metric beside it, and the FP32 engine as the reference line."""
+    d = df[df["engine_size_bytes"].notna()].copy()
+    scale, unit = _size_unit(float(d["engine_size_bytes"].max()) if len(d) else 0.0)
+    d["_x"] = d["engine_size_bytes"].astype(float) / scale
+    fig = go.Figure()
+    fig.add_scatter(x=d["_x"], y=d["engine_metric"], mode="markers+text", text=d["config"], textposition="top center",
+                    name="engine", marker=dict(size=11),
+                    hovertemplate="<b>%{text}</b><br>" + f"%{{x:.1f}} {unit}<br>{metric_name} %{{y:.3f}}<extra>engine</extra>")  # fmt: skip
+    fig.add_scatter(x=d["_x"], y=d["simulated_metric"], mode="markers", name="simulated", text=d["config"],
+                    marker=dict(symbol="x", size=9),
+                    hovertemplate="<b>%{text}</b><br>" + f"{metric_name} %{{y:.3f}}<extra>simulated</extra>")  # fmt: skip
+    fp = d[d["config"] == "FP32"]
+    if len(fp):
+        fig.add_hline(y=float(fp["engine_metric"].iloc[0]), line_dash="dot", annotation_text="FP32")
+    better = "higher" if higher_is_better else "lower"
+    fig.update_layout(title=f"Engine size vs {metric_name} ({better} is better)", xaxis_title=f"engine file ({unit})",
+                      yaxis_title=metric_name, **_LAYOUT)  # fmt: skip
+    return fig
 
 
 def pareto_figure(

@@ -21,7 +21,7 @@ from .graph import Layer
 from .scheme import ActivationSpec, Config, WeightSpec
 from .sensitivity import SensitivityResult, only_plan
 from .simulate import Simulator, SimPlan
-from .workload import Workload
+from .workload import Workload, relative
 
 OUTLIER_RATIO = 8.0
 FINE_DROP = 0.1  # metric points below which a layer's own drop is noise
@@ -186,6 +186,17 @@ def _points(gain: float) -> str:
     return f"{v:+.2f}" if v else "0.00"
 
 
+def _amount(wl: Workload, value: float, reference: float, *, signed: bool = False) -> str:
+    """A drop or gain as a recommendation says it: metric points, or for lower-is-better metrics
+    (perplexity) % of the FP32 metric ("1.20 % of FP32 perplexity"), never "points"."""
+    if not wl.relative_verdict:
+        return f"{_points(value) if signed else format(value, '.2f')} points"
+    v = relative(value, reference)
+    v = round(v, 2) + 0.0
+    name = wl.metric_name.split(" (")[0]
+    return f"{(f'{v:+.2f}' if v else '0.00') if signed else format(v, '.2f')} % of FP32 {name}"
+
+
 # McNemar's exact test cannot reach p < 0.05 with fewer than 6 discordant samples (2·½⁶ = 0.031),
 # so a classification gain of fewer than 6 net samples is never beyond the noise of the data.
 MIN_SIGNIFICANT_FLIPS = 6
@@ -248,9 +259,9 @@ def recommend(
             elif texts:
                 r.recommendation = "; ".join(texts)
             elif worst < 1.0:
-                r.recommendation = f"small effect ({worst:.2f} points)"
+                r.recommendation = f"small effect ({_amount(wl, worst, sens.fp32_metric)})"
             else:
-                r.recommendation = f"costs {worst:.2f} points; fixes not previewed for this layer"
+                r.recommendation = f"costs {_amount(wl, worst, sens.fp32_metric)}; fixes not previewed for this layer"
             continue
         if progress:
             progress(f"previewing fixes for {r.layer}")
@@ -269,13 +280,14 @@ def recommend(
         best = max(gains, key=lambda k: gains[k])
         if _helps(gains[best], floor):
             r.recommendation_gain = gains[best]
-            text = f"{best} (+{gains[best]:.2f} points measured)"
+            text = f"{best} (+{_amount(wl, gains[best], sens.fp32_metric)} measured)"
         else:
             r.recommendation_gain = float("nan")
             others = [g for k, g in gains.items() if k != "keep in FP16"]
-            text = f"no measured fix helps (FP16 {_points(gains['keep in FP16'])} points"
+            text = f"no measured fix helps (FP16 {_amount(wl, gains['keep in FP16'], sens.fp32_metric, signed=True)}"
             if others:
-                text += f", other measured fixes at most {_points(max(others))}"
+                best_other = max(others)
+                text += f", other measured fixes at most {_amount(wl, best_other, sens.fp32_metric, signed=True) if wl.relative_verdict else _points(best_other)}"
             if _helps(gains[best]) and wl.task == "classification":  # a gain, but within the noise
                 text += (f"; gains under {MIN_SIGNIFICANT_FLIPS} samples ({floor:.2f} points at {wl.n_eval} samples, "
                          f"one sample = {100.0 / wl.n_eval:.2f}) are noise")  # fmt: skip

@@ -15,7 +15,7 @@ import torch
 from .calibrate import TensorStats, collect_stats
 from .errors import ConfigError
 from .graph import QuantGraph, prepare
-from .scheme import Config
+from .scheme import ALL_LAYERS, Config
 from .simulate import Simulator
 from .workload import Workload
 
@@ -23,16 +23,17 @@ Progress = Callable[[str], None]
 
 
 def check_config(config: Config, qg: QuantGraph) -> None:
-    """Every layer a config names exists (a layer name or its leaf module); fixes are known."""
-    known = set(qg.by_name) | {l.module for l in qg.layers if l.module}
+    """Every layer a config names exists (a layer name or its leaf module; ``"*"``: every layer
+    the config does not name); fixes are known."""
+    known = set(qg.by_name) | {l.module for l in qg.layers if l.module} | {ALL_LAYERS}
     for name in config.layers:
         if name not in known:
             qg.layer(name)  # raises ConfigError with suggestions
-    from .scheme import WEIGHT_ONLY
+    from .scheme import weight_only_format
     from .simulate import weight_only_layout
 
     for name, p in config.layers.items():
-        if p in WEIGHT_ONLY and name in qg.by_name and weight_only_layout(qg, qg.by_name[name]) is None:
+        if weight_only_format(p) is not None and name in qg.by_name and weight_only_layout(qg, qg.by_name[name]) is None:
             op = qg.program.nodes[qg.by_name[name].node].op
             raise ConfigError(f"layer {name!r}: weight-only {p!r} applies to MatMul/Gemm layers with a constant "
                               f"weight (ONNX Runtime's MatMulNBits); {name} is a {op}")  # fmt: skip

@@ -123,7 +123,8 @@ def write_analysis(a, out: Path, repeats=None) -> list[Path]:
         write_csv(blocks, out / "blocks.csv"),
         write_csv(a.outliers_frame(), out / "outliers.csv"),
     ]
-    figs = [figures.sensitivity_bars(layers), figures.sqnr_lines(layers), figures.depth_growth(a.depth_frame()),
+    unit = "metric points" if a.workload.higher_is_better else f"{a.workload.metric_name.split(' (')[0]} increase"
+    figs = [figures.sensitivity_bars(layers, unit), figures.sqnr_lines(layers), figures.depth_growth(a.depth_frame()),
             figures.proxy_scatter(layers)]  # fmt: skip
     tables = {"Layers": layers, "Blocks (layers grouped by their block)": blocks, "Outlier channels": a.outliers_frame(),
               "Tensors": a.tensors_frame()}  # fmt: skip

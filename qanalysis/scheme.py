@@ -34,6 +34,29 @@ WEIGHT_ONLY: dict[str, int] = {"w8": 8, "w4": 4}  # weight-only precisions → w
 DEFAULT_BLOCK = 32
 BLOCK_SIZES: tuple[int, ...] = (16, 32, 64, 128, 256)  # MatMulNBits: a power of two ≥ 16
 CALIBRATIONS: tuple[str, ...] = ("minmax", "percentile", "entropy", "mse")
+# A config's "layers" key for every layer it does not name: {"layers": {"*": "fp16"}} is the FP16 model.
+ALL_LAYERS = "*"
+
+
+def weight_only_format(p: str) -> tuple[int, int | None] | None:
+    """A weight-only precision → (bits, block): ``"w4"`` → (4, None: the scheme's block),
+    ``"w4g128"`` → (4, 128); None for any other precision. A block outside BLOCK_SIZES is a ConfigError."""
+    if not isinstance(p, str):
+        return None
+    if p in WEIGHT_ONLY:
+        return WEIGHT_ONLY[p], None
+    head, sep, g = p.partition("g")
+    if not sep or head not in WEIGHT_ONLY or not g.isdigit():
+        return None
+    if int(g) not in BLOCK_SIZES:
+        raise ConfigError(f"precision {p!r}: the group size must be one of {', '.join(map(str, BLOCK_SIZES))} "
+                          "(ONNX Runtime's MatMulNBits blocks)")  # fmt: skip
+    return WEIGHT_ONLY[head], int(g)
+
+
+def is_precision(p: object) -> bool:
+    """One of PRECISIONS, or a weight-only precision with its group size (``"w4g128"``)."""
+    return isinstance(p, str) and (p in PRECISIONS or weight_only_format(p) is not None)
 
 
 def _check_bits(bits: Any, what: str) -> None:
@@ -213,15 +236,16 @@ class Config:
         for name, p in self.layers.items():
             if not isinstance(name, str):
                 raise ConfigError(f"config 'layers': layer names must be strings, got {name!r}")
-            if not isinstance(p, str) or p not in PRECISIONS:
-                raise ConfigError(f"layer {name!r}: precision must be one of {', '.join(PRECISIONS)}, got {_json_type(p)}")
+            if not is_precision(p):
+                raise ConfigError(f"layer {name!r}: precision must be one of {', '.join(PRECISIONS)} (weight-only "
+                                  f"with a group size: w4g128, w8g32, ...), got {_json_type(p)}")  # fmt: skip
         if isinstance(self.fixes, str) or not all(isinstance(f, str) and f for f in self.fixes):
             raise ConfigError(f"config 'fixes' must be a list of fix names, got {self.fixes!r}")
         object.__setattr__(self, "layers", dict(self.layers))
         object.__setattr__(self, "fixes", tuple(self.fixes))
 
     def precision(self, layer: str) -> Precision:
-        return self.layers.get(layer, "int8")
+        return self.layers.get(layer, self.layers.get(ALL_LAYERS, "int8"))
 
     def float_layers(self) -> list[str]:
         return [n for n, p in self.layers.items() if p in ("fp16", "fp32")]

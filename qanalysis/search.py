@@ -11,7 +11,9 @@
 3. The shortest prefix of that order meeting the budget is found by exponential + binary
    search (each probe is one full-model evaluation), then each float layer is tried back
    in int8 (one evaluation each) and stays int8 if the budget still holds.
-4. Every evaluated config is recorded; the Pareto fronts metric-vs-latency and
+4. Then (``formats``; by default for language models) layers move to weight-only W8/W4
+   formats where that saves the objective and the budget holds (``formats.formats_phase``).
+5. Every evaluated config is recorded; the Pareto fronts metric-vs-latency and
    metric-vs-size are computed over all of them; the chosen config's engine is built and
    its latency measured end to end, to report the cost model's error.
 """
@@ -29,7 +31,8 @@ import pandas as pd
 
 from .analysis import Analysis, simulate_config
 from .baseline import first_sample, time_calls
-from .engine import attribute_to_layers, build_int8_engine, fp16_extra_bytes, profile_nodes, run_session, session
+from .engine import (attribute_to_layers, build_int8_engine, build_weight_only_engine, fp16_extra_bytes, profile_nodes,
+                     run_session, session)
 from .errors import ConfigError
 from .scheme import Config
 
@@ -145,8 +148,8 @@ class Evaluated:
     latency_ms: float
     size_bytes: int
     phase: str
-    int4_layers: list[str] = field(default_factory=list)
     drop_ci95: tuple[float, float] = (float("nan"), float("nan"))
+    formats: dict[str, str] = field(default_factory=dict)  # weight-only layers: name → "w4g32", "w8g32", ...
 
 
 @dataclass
@@ -179,7 +182,7 @@ class SearchResult:
             [
                 {"config_id": e.config_id, "n_float_layers": len(e.float_layers), "metric": e.metric, "drop": e.drop,
                  "drop_ci_low": e.drop_ci95[0], "drop_ci_high": e.drop_ci95[1], "latency_ms": e.latency_ms, "size_bytes": e.size_bytes, "phase": e.phase,
-                 "float_layers": ";".join(e.float_layers), "int4_layers": ";".join(e.int4_layers)}  # fmt: skip
+                 "float_layers": ";".join(e.float_layers), "formats": ";".join(f"{n}={f}" for n, f in e.formats.items())}  # fmt: skip
                 for e in self.evaluated
             ]
         )
@@ -201,6 +204,7 @@ class SearchResult:
             "met_budget": self.met_budget,
             "chosen_config_id": self.chosen_id,
             "float_layers": self.chosen.float_layers(),
+            "layer_formats": {n: p for n, p in self.chosen.layers.items() if p not in ("fp16", "fp32")},
             "predicted_latency_ms": self.predicted_latency_ms,
             "measured_latency_ms": self.measured_latency_ms,
             "measured_latency_std_ms": self.measured_latency_std_ms,
@@ -210,14 +214,6 @@ class SearchResult:
             "seconds": self.seconds,
             "notes": self.notes,
         }
-
-
-def chosen_int4(e: Evaluated, cache: dict) -> set[str]:
-    """The int4 layers of an evaluated config (recorded in its cache key)."""
-    for k, v in cache.items():
-        if v is e:
-            return {x[5:] for x in k if isinstance(x, str) and x.startswith("int4:")}
-    return set()
 
 
 def pareto_mask(metric: list[float], cost: list[float]) -> list[bool]:
@@ -240,13 +236,16 @@ def search(
     progress: Progress | None = None,
     measure: bool = True,
     workdir: Path | None = None,
-    allow_int4: bool = False,
+    formats: bool | None = None,
 ) -> SearchResult:
     """The search; its engines go to ``workdir``, or to a temporary folder removed afterwards.
 
     ``max_drop``: metric points (a number), or ``"5%"`` / ``Budget(5, relative=True)``: 5 % of the
-    FP32 metric. Drops follow the metric's direction (perplexity: a rise is a drop)."""
-    kw = {"objective": objective, "progress": progress, "measure": measure, "allow_int4": allow_int4}
+    FP32 metric. Drops follow the metric's direction (perplexity: a rise is a drop).
+    ``formats``: also choose weight-only W8/W4 per layer (``formats.py``); None: for language models."""
+    if formats is None:
+        formats = a.workload.task == "language_model"
+    kw = {"objective": objective, "progress": progress, "measure": measure, "formats": formats}
     if workdir is not None:
         return _search(a, max_drop, Path(workdir), **kw)
     with tempfile.TemporaryDirectory(prefix="qanalysis-search-") as d:
@@ -254,7 +253,7 @@ def search(
 
 
 def _search(a: Analysis, max_drop: float | str | Budget, wd: Path, *, objective: Objective, progress: Progress | None,
-            measure: bool, allow_int4: bool) -> SearchResult:  # fmt: skip
+            measure: bool, formats: bool) -> SearchResult:  # fmt: skip
     if objective not in ("latency", "size"):
         raise ConfigError(f"objective must be 'latency' or 'size', got {objective!r}")
     budget = Budget.parse(max_drop)
@@ -267,17 +266,14 @@ def _search(a: Analysis, max_drop: float | str | Budget, wd: Path, *, objective:
     evaluated: list[Evaluated] = []
     cache: dict[frozenset, Evaluated] = {}
 
-    int4: set[str] = set()
-
     def evaluate(float_set: set[str], phase: str) -> Evaluated:
-        key = frozenset(float_set) | frozenset(f"int4:{n}" for n in int4)
+        key = frozenset(float_set)
         if key in cache:
             return cache[key]
-        cfg = a.config.with_layers({**base_layers, **{n: "int4" for n in int4}, **{n: "fp16" for n in float_set}})
+        cfg = a.config.with_layers({**base_layers, **{n: "fp16" for n in float_set}})
         r = simulate_config(a, cfg)
         e = Evaluated(len(evaluated), [n for n in names if n in float_set], r.metric, r.drop,
-                      costs.latency_ms(a, float_set), costs.size_bytes(float_set) - sum(costs.params.get(n, 0) // 2 for n in int4),
-                      phase, sorted(int4), r.drop_ci95)  # fmt: skip
+                      costs.latency_ms(a, float_set), costs.size_bytes(float_set), phase, r.drop_ci95)  # fmt: skip
         evaluated.append(e)
         cache[key] = e
         say(f"config {e.config_id}: {len(float_set)} float layer(s), drop {e.drop:.2f}, {objective} "
@@ -326,31 +322,22 @@ def _search(a: Analysis, max_drop: float | str | Budget, wd: Path, *, objective:
                 if evaluate(trial, "prune").drop <= max_drop:
                     current = trial
             chosen = cache[frozenset(current)]
-    if allow_int4 and chosen.drop <= max_drop:
-        # int4 weights (simulated only: ORT's CPU engine has no static int4 kernels) for the
-        # least sensitive int8 layers with weights, biggest first, within the evaluation budget
-        floats = set(chosen.float_layers)
-        cands = sorted((l for l in a.qgraph.layers if l.weights and l.name not in floats and l.params >= 64),
-                       key=lambda l: (max(rows[l.name].metric_drop, 0.0), -l.params))  # fmt: skip
-        for l in cands:
-            if len(evaluated) >= len(names) + 5:
-                break
-            int4.add(l.name)
-            e = evaluate(floats, "int4")
-            if e.drop <= max_drop:
-                chosen = e
-            else:
-                int4.discard(l.name)
-        if int4:
-            notes.append(f"{len(int4)} layer(s) at int4 weights: simulated only, the ONNX Runtime engine needs int8 or float")
-    chosen_cfg = a.config.with_layers({**base_layers, **{n: "int4" for n in int4 if n in chosen_int4(chosen, cache)},
-                                       **{n: "fp16" for n in chosen.float_layers}})  # fmt: skip
+    if formats and chosen.drop <= max_drop:
+        from .formats import config_of, formats_phase
+
+        chosen = formats_phase(a, chosen, max_drop, objective, costs, evaluated, Evaluated, wd, say)
+        if chosen.formats:  # the chosen config's interval (the phase's evaluations skip it: seconds each)
+            chosen.drop_ci95 = simulate_config(a, config_of(a, chosen.float_layers, chosen.formats)).drop_ci95
+            notes.append(f"{len(chosen.formats)} layer(s) weight-only: "
+                         + ", ".join(f"{f} ×{list(chosen.formats.values()).count(f)}" for f in sorted(set(chosen.formats.values()))))  # fmt: skip
+    chosen_cfg = a.config.with_layers({**base_layers, **{n: "fp16" for n in chosen.float_layers}, **chosen.formats})
     measured = std = int8_ms = fp32_ms = None
     if measure and not any(p == "int4" for p in chosen_cfg.layers.values()):
         say("building and timing the chosen engine")
         x1 = first_sample(a.workload.evaluation[0][0])
         path = wd / "chosen_int8.onnx"
-        build_int8_engine(a.qgraph, a.sim, a.sim.plan(chosen_cfg), path, a.workload.calibration[0])
+        build = build_weight_only_engine if chosen.formats else build_int8_engine
+        build(a.qgraph, a.sim, a.sim.plan(chosen_cfg), path, a.workload.calibration[0])
         s = session(path)
         lat = time_calls(lambda: run_session(s, x1), 1, repeats=50)
         measured, std = lat.mean_ms, lat.std_ms

@@ -33,7 +33,7 @@ import torch
 from .calibrate import TensorStats, calibration_range
 from .graph import Layer, QuantGraph
 from .errors import ConfigError
-from .scheme import WEIGHT_ONLY, Config, QParams, QRange, Scheme, WeightSpec, compute_scale_zp
+from .scheme import ALL_LAYERS, Config, QParams, QRange, Scheme, WeightSpec, compute_scale_zp, weight_only_format
 
 
 def broadcast_qparams(qp: QParams, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -207,10 +207,12 @@ def weight_only_layout(qg: QuantGraph, layer: Layer) -> str | None:
 @dataclass(frozen=True)
 class LayerFormat:
     """How a config runs one layer: "int" (weights and input activations, QDQ), "w" (weights
-    only, MatMulNBits), "fp16" or "fp32"; ``bits`` of the weights (None for float)."""
+    only, MatMulNBits), "fp16" or "fp32"; ``bits`` of the weights (None for float); ``block``:
+    a weight-only layer's own MatMulNBits block ("w4g128"), None for the scheme's."""
 
     kind: str
     bits: int | None = None
+    block: int | None = None
 
 
 def dynamic_fake_quant(x: torch.Tensor, bits: int, symmetric: bool) -> torch.Tensor:
@@ -252,7 +254,7 @@ class Simulator:
         self.weight_overrides: dict[str, torch.Tensor] = {}  # initializer → replaced float value
         self.weight_qparams_override: dict[str, QParams] = {}  # initializer → exact (s, z) (AdaRound, GPTQ)
         self._layout: dict[int, str | None] = {}
-        self._bq: dict[tuple[str, int], BlockQuant] = {}
+        self._bq: dict[tuple[str, int, int], BlockQuant] = {}  # (weight, bits, block)
         layer_nodes = set(qg.by_node)
         self._origin: dict[str, Layer | None] = {}
         self._reach: dict[int, tuple[set[int], bool]] = {}
@@ -306,10 +308,13 @@ class Simulator:
         p = config.layers.get(layer.name)
         if p is None and layer.module:  # "blocks.0.attn.qkv" also covers its bias Add
             p = config.layers.get(layer.module)
+        if p is None:  # "*": every layer the config does not name
+            p = config.layers.get(ALL_LAYERS)
         wo = self.scheme.weight_only
+        wf = weight_only_format(p) if p is not None else None
         if bits is not None:
-            if p in WEIGHT_ONLY or (wo and p not in ("int8", "int4")):
-                return LayerFormat("w", bits) if self.layout(layer) else LayerFormat("fp32")
+            if wf is not None or (wo and p not in ("int8", "int4")):
+                return LayerFormat("w", bits, wf[1] if wf else None) if self.layout(layer) else LayerFormat("fp32")
             return LayerFormat("int", bits)
         if p is None:
             if wo:
@@ -317,8 +322,8 @@ class Simulator:
             return LayerFormat("int", self.scheme.weights.bits)
         if p in ("int8", "int4"):
             return LayerFormat("int", 8 if p == "int8" else 4)
-        if p in WEIGHT_ONLY:
-            return LayerFormat("w", WEIGHT_ONLY[p]) if self.layout(layer) else LayerFormat("fp32")
+        if wf is not None:
+            return LayerFormat("w", wf[0], wf[1]) if self.layout(layer) else LayerFormat("fp32")
         return LayerFormat(p)
 
     def weight_bits(self, config: Config, layer: Layer) -> int | None:
@@ -333,7 +338,7 @@ class Simulator:
         """The MatMulNBits weight of initializer ``name`` under ``plan`` (a weight-only layer's)."""
         key = plan.weights[name]
         self._weight(key)
-        return self._bq[(name, key[2])]
+        return self._bq[(name, key[2], key[3])]
 
     # ------------------------------------------------------------------ qparams
     def act_qparams(self, tensor: str) -> QParams | None:
@@ -416,7 +421,7 @@ class Simulator:
             if qp is not None and (qp.group != block or qp.qrange.qmax != 2**bits - 1):
                 qp = None  # a grid for another format (AdaRound's int8, another block)
             bq = block_quantize(w if layout == "kn" else w.t(), bits, block, sym, qp)
-            self._bq[(name, bits)] = bq
+            self._bq[(name, bits, block)] = bq
             v = bq.dequant() if layout == "kn" else bq.dequant().t().contiguous()
         elif kind == "fp16":
             v = self._float_weight(key[1]).half().float()
@@ -465,7 +470,7 @@ class Simulator:
             bits = prec[l.name]
             if fmt[l.name].kind == "w":  # weight-only: the weight alone, bias and constants float
                 for _, w in l.weights:
-                    plan.weights[w] = ("wo", w, fmt[l.name].bits, block, self.scheme.weights.symmetric, self.layout(l))
+                    plan.weights[w] = ("wo", w, fmt[l.name].bits, fmt[l.name].block or block, self.scheme.weights.symmetric, self.layout(l))
                 continue
             for _, w in l.weights:
                 if bits is not None:

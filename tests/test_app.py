@@ -32,6 +32,7 @@ PAGES = [
     "pages/distributions.py",
     "pages/fixes.py",
     "pages/mixed_precision.py",
+    "pages/formats.py",
     "pages/export.py",
 ]
 
@@ -151,6 +152,10 @@ def test_every_page_renders(page: str) -> None:
         assert not at.get("plotly_chart")  # no search run yet
         assert at.multiselect(key="w_float_layers").options == names
         assert metric(at, "Tensors left in float") == "0"
+    elif page == "pages/formats.py":
+        assert at.multiselect(key="w_formats").value == ["fp16", "int8", "w8", "w4g128", "w4g32"]
+        assert not at.get("plotly_chart") and not at.dataframe  # nothing built before "Compare formats"
+        assert "made for language models" in texts(at.info)
     elif page == "pages/export.py":
         config = json.loads(at.code[0].value)
         assert config["layers"] == {} and config["scheme"] == a.config.scheme.to_dict()
@@ -658,3 +663,37 @@ def test_drops_carry_their_interval_on_mixed_precision():
     at = goto(start("sample:digits_resnet"), "pages/mixed_precision.py")
     captions = "\n".join(str(c.value) for c in at.caption)
     assert "95% CI" in captions
+
+
+def test_formats_table_of_a_language_model() -> None:
+    """The Formats page on tiny_lm: FP32 and the chosen formats as real engines, perplexity's
+    relative increase, tokens/s, and the size-vs-perplexity figure (the README's table)."""
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.query_params["model"], at.query_params["page"] = "sample:tiny_lm", "formats"  # no analysis of tiny_lm needed
+    at.run()
+    assert not at.exception, at.exception
+    assert at.title[0].value == "Formats"
+    assert not at.info  # a language model: no "made for language models" caveat
+    at.multiselect(key="w_formats").set_value(["fp16", "w4g32"])
+    at.button(key="w_formats_run").click().run()
+    assert not at.exception, at.exception
+    df = next(d.value for d in at.dataframe if "config" in d.value.columns)
+    assert list(df["config"]) == ["FP32", "fp16", "w4g32"]
+    assert list(df["engine"]) == ["fp32", "fp16", "weight-only"]
+    w4 = df.set_index("config").loc["w4g32"]
+    assert w4["engine_metric"] == pytest.approx(w4["simulated_metric"], rel=1e-6) and w4["drop_pct"] > 0
+    assert (df["tokens_per_s"] > 0).all()
+    assert df["engine_size_bytes"].is_monotonic_decreasing
+    assert "formats_chart" in at.get("plotly_chart")[0].proto.id
+
+
+def test_load_config_with_every_layer_in_fp16() -> None:
+    """examples/lm/fp16.json's "*" (every layer not named) becomes every layer's choice."""
+    at = goto(start(PLANTED), "pages/export.py")
+    config = {"layers": {"*": "fp16", "fc": "fp32"}}
+    at.file_uploader(key="w_config_file").set_value(("fp16.json", json.dumps(config).encode(), "application/json")).run()
+    assert not at.exception, at.exception
+    names = [layer.name for layer in analysis_of(at).qgraph.layers]
+    ss = at.session_state
+    assert ss["float_layers"] == [n for n in names if n != "fc"] and ss["layer_precisions"] == {"fc": "fp32"}
+    assert "Loaded **fp16.json**" in texts(at.success) and not at.warning

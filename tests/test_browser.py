@@ -29,6 +29,7 @@ PAGES = {
     "Distributions": "Outlier channels, all layers",
     "Fixes": "Where a fix would help",
     "Mixed precision": "What keeping each layer in float recovers",
+    "Formats": "Compare formats",
     "Export": "Analysis files",
     "Summary": "Most sensitive layers",
 }

@@ -111,7 +111,8 @@ def test_hf_causal_lm_end_to_end(run_cli, tmp_path):
     assert blocks.set_index("block").loc["model.layers.0", "metric_drop_sum"] == pytest.approx(
         layers.loc[layers.layer.map(block_of) == "model.layers.0", "metric_drop"].sum())
 
-    code, out, err = run_cli("search", HF_LM, "--max-drop", "5%", "--objective", "size", "--out", tmp_path / "s", "--quiet")
+    # latency: the formats phase profiles W8/W4 engines of the Llama's projections (tiny_lm's test covers size)
+    code, out, err = run_cli("search", HF_LM, "--max-drop", "5%", "--objective", "latency", "--out", tmp_path / "s", "--quiet")
     assert code == 0, err
     r = json.loads((tmp_path / "s" / "search.json").read_text())
     assert r["budget"] == "5%" and r["max_drop"] == pytest.approx(0.05 * s["fp32_metric"], rel=1e-6) and r["met_budget"]
@@ -124,11 +125,31 @@ def test_hf_causal_lm_end_to_end(run_cli, tmp_path):
     assert math.isfinite(e["engine_metric"]) and e["engine_metric"] == pytest.approx(e["simulated_metric"], rel=0.02)
 
 
-def test_tiny_lm_search_with_a_relative_budget(run_cli, tmp_path):
+def test_tiny_lm_search_over_formats_then_export(run_cli, tmp_path):
+    """search --max-drop 5% --objective size chooses weight-only W4 (group 32 or 128) per layer
+    beside static INT8; the chosen config exports to one engine, smaller than the all-INT8 one,
+    whose perplexity is the simulation's (up to the static INT8 layers' rounding ties)."""
     code, out, err = run_cli("search", "sample:tiny_lm", "--max-drop", "5%", "--objective", "size", "--out", tmp_path / "s", "--quiet")
     assert code == 0, err
     r = json.loads((tmp_path / "s" / "search.json").read_text())
     assert r["budget"] == "5%" and r["met_budget"] and "budget 5% = " in out
+    formats = r["layer_formats"]
+    assert formats and set(formats.values()) <= {"w4g32", "w4g128", "w8g32"} and "w4g32" in formats.values()
+    df = pd.read_csv(tmp_path / "s" / "pareto.csv")
+    chosen = df[df["chosen"]].iloc[0]
+    int8 = df[df["phase"] == "all int8"].iloc[0]
+    assert chosen["size_bytes"] < 0.8 * int8["size_bytes"] and chosen["drop"] <= r["max_drop"]
+    assert {"probe", "grow"} <= set(df["phase"])
+    code, out, err = run_cli("export", "sample:tiny_lm", "--config", tmp_path / "s" / "config.json", "--out", tmp_path / "e", "--quiet")
+    assert code == 0, err
+    e = json.loads((tmp_path / "e" / "export.json").read_text())
+    assert e["mode"] == "int8+weight-only" and {w["layer"] for w in e["weight_only"]} == set(formats)
+    assert all(w["ort_identical"] for w in e["weight_only"])
+    assert e["layer_checks"] and not e["disagreements"]  # every static layer, given the engine's own inputs
+    assert e["simulated_metric"] == pytest.approx(chosen["metric"], rel=1e-9)  # the search's verdict is the export's simulation
+    assert e["engine_metric"] == pytest.approx(e["simulated_metric"], rel=5e-3)
+    # the cost model's size is conservative: the engine is no larger than predicted, and close to it
+    assert e["int8_size_bytes"] < int8["size_bytes"] and 0.85 * chosen["size_bytes"] <= e["int8_size_bytes"] <= chosen["size_bytes"]
 
 
 def test_diff_of_perplexities_follows_the_direction():
@@ -166,3 +187,49 @@ def test_attention_mask_values_do_not_set_a_range():
     s = acc.stats("t")
     assert (s.min, s.max) == (-2.0, 3.0) and s.count == 4 and math.isfinite(s.std)
     assert float(s.hist.sum()) == 4 and torch.isfinite(s.channel_absmax).all()
+
+
+def test_tiny_lm_compare_fp16_int8_w4_with_the_shipped_configs(run_cli, tmp_path):
+    """The seed's table (README): the shipped examples/lm configs; FP16 is a real float16 engine,
+    weight-only rows are MatMulNBits engines whose perplexity equals the simulation's; relative
+    increase, batch-1 latency (median, IQR) and tokens/s per row."""
+    from conftest import ROOT
+
+    lm = ROOT / "examples" / "lm"
+    code, out, err = run_cli("compare", "sample:tiny_lm", "--configs", lm / "fp16.json", lm / "int8.json",
+                             lm / "w4g32.json", "--out", tmp_path / "c", "--quiet")  # fmt: skip
+    assert code == 0, err
+    df = pd.read_csv(tmp_path / "c" / "compare.csv").set_index("config")
+    assert list(df.index) == ["FP32", "fp16", "int8", "w4g32"]
+    assert list(df["engine"]) == ["fp32", "fp16", "int8", "weight-only"]
+    assert (tmp_path / "c" / "fp16" / "model_fp16.onnx").is_file()
+    w4 = df.loc["w4g32"]
+    assert w4["engine_metric"] == pytest.approx(w4["simulated_metric"], rel=1e-6)
+    assert w4["drop"] > 0 and w4["drop_pct"] == pytest.approx(100 * w4["drop"] / df.loc["FP32", "simulated_metric"])
+    assert df.loc["fp16", "engine_drop_pct"] < 0.5  # float16 compute: nearly FP32
+    assert w4["engine_size_bytes"] < df.loc["int8", "engine_size_bytes"] < df.loc["fp16", "engine_size_bytes"] < df.loc["FP32", "engine_size_bytes"]
+    seq = json.loads((tmp_path / "c" / "compare.json").read_text())["tokens_per_sequence"]
+    assert seq == 64
+    assert list(df["tokens_per_s"]) == pytest.approx(list(seq * 1000.0 / df["latency_median_ms"]))
+    assert "increase (%)" in out and "tokens/s" in out
+
+
+def test_shipped_lm_configs_are_the_core_formats():
+    from conftest import ROOT
+    from qanalysis.compare import FORMATS
+    from qanalysis.scheme import Config
+
+    files = {p.stem: Config.load(p).to_dict() for p in sorted((ROOT / "examples" / "lm").glob("*.json"))}
+    assert files == {k: v.to_dict() for k, v in FORMATS.items()}
+
+
+def test_recommendations_speak_in_relative_increase_for_perplexity():
+    from types import SimpleNamespace
+
+    from qanalysis.outliers import _amount
+
+    ppl = SimpleNamespace(relative_verdict=True, metric_name="perplexity (per byte)")
+    acc = SimpleNamespace(relative_verdict=False, metric_name="accuracy (%)")
+    assert _amount(ppl, 0.056, 5.6) == "1.00 % of FP32 perplexity"
+    assert _amount(ppl, -0.056, 5.6, signed=True) == "-1.00 % of FP32 perplexity"
+    assert _amount(acc, 0.25, 97.0) == "0.25 points" and _amount(acc, 0.0, 97.0, signed=True) == "0.00 points"

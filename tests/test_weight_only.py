@@ -37,6 +37,19 @@ def test_config_contract_round_trips():
         Config.from_dict({"layers": {"fc": "w5"}})
 
 
+@pytest.mark.parametrize("p,fmt", [("w4", (4, None)), ("w4g128", (4, 128)), ("w8g16", (8, 16)), ("int8", None), ("w5g32", None), ("w4g", None)])
+def test_weight_only_precisions_with_their_own_group(p, fmt):
+    from qanalysis.scheme import is_precision, weight_only_format
+
+    assert weight_only_format(p) == fmt and is_precision(p) == (fmt is not None or p == "int8")
+
+
+def test_a_group_outside_matmulnbits_blocks_is_refused():
+    with pytest.raises(ConfigError, match="group size must be one of"):
+        Config.from_dict({"layers": {"fc": "w4g100"}})
+    assert Config.from_dict({"layers": {"fc": "w4g64", "*": "fp16"}}).layers == {"fc": "w4g64", "*": "fp16"}
+
+
 def test_roundf_is_half_away_from_zero():
     x = torch.tensor([0.5, 1.5, 2.5, -0.5, -2.5, 0.49999997, 2.4])
     assert roundf(x).tolist() == [1.0, 2.0, 3.0, -1.0, -3.0, 0.0, 2.0]

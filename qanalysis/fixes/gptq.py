@@ -105,11 +105,12 @@ def gptq(ctx: FixContext) -> FixResult:
     for l in layers:
         layout = sim.layout(l)
         name = prog.nodes[l.node].inputs[1]
-        bits = sim.layer_format(ctx.config, l).bits
+        fmt = sim.layer_format(ctx.config, l)
+        bits, lblock = fmt.bits, fmt.block or block  # "w4g128": the layer's own block
         w = kn(prog.initializers[name].float(), layout)
         x = xs[l.name].double()
-        q, qp = gptq_quantize(w, x.t() @ x, bits, block, sym)
-        rtn = block_quantize(w, bits, block, sym).dequant()
+        q, qp = gptq_quantize(w, x.t() @ x, bits, lblock, sym)
+        rtn = block_quantize(w, bits, lblock, sym).dequant()
         y = xs[l.name] @ w
         a, b = M.sqnr_db(y, xs[l.name] @ rtn), M.sqnr_db(y, xs[l.name] @ q)
         weights[name] = kn(q, layout).contiguous().to(prog.initializers[name].dtype)
