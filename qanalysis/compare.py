@@ -30,7 +30,7 @@ Progress = Callable[[str], None]
 FP32_LABEL = "FP32"
 COLUMNS = [
     "config", "fixes", "scheme", "simulated_metric", "drop", "drop_ci_low", "drop_ci_high", "worst_class", "worst_class_delta",
-    "engine_metric", "sim_engine_gap", "engine_size_bytes", "latency_ms", "latency_std_ms", "note",
+    "engine_metric", "sim_engine_gap", "engine_size_bytes", "latency_ms", "latency_iqr_ms", "latency_unstable", "note",
 ]  # fmt: skip
 
 
@@ -45,8 +45,9 @@ class CompareRow:
     worst_class_delta: float | None = None
     engine_metric: float = math.nan
     engine_size_bytes: int | None = None
-    latency_ms: float = math.nan
-    latency_std_ms: float = math.nan
+    latency_ms: float = math.nan  # median at batch 1 (baseline.time_calls)
+    latency_iqr_ms: float = math.nan
+    latency_unstable: bool = False
     note: str = ""
     drop_ci_low: float = math.nan
     drop_ci_high: float = math.nan
@@ -80,12 +81,13 @@ class Comparison:
         def f(x: float | None, nd: int = 2) -> str:
             return "" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{x:.{nd}f}"
 
-        head = ("config", f"simulated {self.metric_name}", "drop [95% CI]", "worst class Δ", "engine", "size (KB)", "latency (ms)")
+        head = ("config", f"simulated {self.metric_name}", "drop [95% CI]", "worst class Δ", "engine", "size (KB)", "latency (ms, median)")
         rows = [head]
         for r in self.rows:
             worst = f"{f(r.worst_class_delta)} ({r.worst_class})" if r.worst_class is not None else ""
             size = f"{r.engine_size_bytes / 1e3:.1f}" if r.engine_size_bytes else ""
-            lat = f"{r.latency_ms:.3f} ± {r.latency_std_ms:.3f}" if math.isfinite(r.latency_ms) else ""
+            lat = (f"{r.latency_ms:.3f} (IQR {r.latency_iqr_ms:.3f}){' unstable' if r.latency_unstable else ''}"
+                   if math.isfinite(r.latency_ms) else "")  # fmt: skip
             drop = f(r.drop) + (f" [{f(r.drop_ci_low)}, {f(r.drop_ci_high)}]" if math.isfinite(r.drop_ci_low) else "")
             rows.append((r.config, f(r.simulated_metric), drop, worst, f(r.engine_metric), size, lat))
         w = [max(len(row[i]) for row in rows) for i in range(len(head))]
@@ -147,7 +149,7 @@ def compare(
         fp_row.engine_metric = wl.score(torch.cat([run_session(sess, x) for x, _ in wl.evaluation]))
         fp_row.engine_size_bytes = qg.float_path.stat().st_size
         lat = time_calls(lambda: run_session(sess, first_sample(wl.evaluation[0][0])), 1, repeats=repeats)
-        fp_row.latency_ms, fp_row.latency_std_ms = lat.mean_ms, lat.std_ms
+        fp_row.latency_ms, fp_row.latency_iqr_ms, fp_row.latency_unstable = lat.median_ms, lat.iqr_ms, lat.unstable
     rows = [fp_row]
     notes: dict[str, list[str]] = {}
     created: list[Path] = []
@@ -196,7 +198,9 @@ def _compare_one(
         return row
     row.engine_metric = rep.engine_metric
     row.engine_size_bytes = rep.int8_size_bytes
-    row.latency_ms, row.latency_std_ms = rep.int8_latency_ms, rep.int8_latency_std_ms
+    b1 = rep.latency.get("engine_b1", {})
+    row.latency_ms, row.latency_iqr_ms = rep.int8_latency_ms, b1.get("iqr_ms", math.nan)
+    row.latency_unstable = bool(b1.get("unstable", False))
     if abs(rep.simulated_metric - metric) > 1e-9:
         row.note = f"the export's own simulation gave {rep.simulated_metric:.3f}"
     return row
