@@ -52,7 +52,7 @@ Progress = Callable[[str], None]
 FLOAT = "fp32"  # a float layer of the search: the engine runs it in FP32, and so does the simulation
 MAX_LATENCY_BUILDS = 4  # engines the latency phase builds and times, besides all-INT8 and the chosen one
 MAX_LATENCY_CANDIDATES = 6  # configs (full-model simulations) the latency phase evaluates, FP32 apart
-MAX_FIX_CANDIDATES = 4  # whole-model cheap fixes tried before layers are given up to float
+MAX_FIX_CANDIDATES = 5  # whole-model cheap fixes tried before layers are given up to float
 
 
 @dataclass(frozen=True)
@@ -304,6 +304,16 @@ def pareto_mask(metric: list[float], cost: list[float]) -> list[bool]:
     return out
 
 
+def pick(pool: list[Evaluated], max_drop: float, cost: Callable[[Evaluated], float]) -> Evaluated:
+    """Within the budget the cheapest (then the lowest drop); when none meets it, the lowest drop,
+    the cheapest among equal drops: never the all-float model when a cheaper config as good was
+    evaluated."""
+    ok = [e for e in pool if e.drop <= max_drop]
+    if ok:
+        return min(ok, key=lambda e: (cost(e), e.drop, e.config_id))
+    return min(pool, key=lambda e: (round(e.drop, 9), cost(e), e.config_id))
+
+
 def search(
     a: Analysis,
     max_drop: float | str | Budget,
@@ -313,13 +323,15 @@ def search(
     measure: bool = True,
     workdir: Path | None = None,
     allow_int4: bool = False,
+    try_fixes: bool = True,
 ) -> SearchResult:
     """The search; its engines go to ``workdir``, or to a temporary folder removed afterwards.
 
     ``max_drop``: metric points (a number), or ``"5%"`` / ``Budget(5, relative=True)``: 5 % of the
     FP32 metric. Drops follow the metric's direction (perplexity: a rise is a drop).
-    ``measure=False``: no engine is built beyond the profiled all-INT8 one; choices rest on the cost model."""
-    kw = {"objective": objective, "progress": progress, "measure": measure, "allow_int4": allow_int4}
+    ``measure=False``: no engine is built beyond the profiled all-INT8 one; choices rest on the cost model.
+    ``try_fixes=False``: no whole-model fix is tried before layers go to float."""
+    kw = {"objective": objective, "progress": progress, "measure": measure, "allow_int4": allow_int4, "try_fixes": try_fixes}
     if workdir is not None:
         return _search(a, max_drop, Path(workdir), **kw)
     with tempfile.TemporaryDirectory(prefix="qanalysis-search-") as d:
@@ -336,19 +348,37 @@ class _Base:
     qg: object
 
 
-def budget_resolution_note(a: Analysis, max_drop: float) -> str | None:
-    """A top-1 style metric moves in steps of 100/N points: a budget below one step is met only
-    with no net flipped sample. Says so, and how many samples would make the budget one step."""
-    from .workload import top1_accuracy, top5_accuracy
-
+def one_sample_step(a: Analysis) -> float | None:
+    """How much one flipped prediction moves the metric (100/N points for top-1 accuracy in %),
+    measured: the FP32 outputs scored with one correctly predicted sample made wrong."""
     wl = a.workload
-    n = wl.n_eval
-    if wl.evaluate not in (top1_accuracy, top5_accuracy) or not n:
+    fp = a.sens.fp32_outputs
+    if wl.task != "classification" or fp is None or fp.dim() != 2 or fp.shape[1] < 2:
         return None
-    step = 100.0 / n
-    if max_drop >= step:
+    t = wl.targets()
+    right = (fp.argmax(1) == t).nonzero()
+    if not len(right):
         return None
-    need = f"at least {math.ceil(100.0 / max_drop)} evaluation samples (--eval-samples) would resolve it" if max_drop > 0 else \
+    i = int(right[0])
+    bad = fp.clone()
+    bad[i] = fp[i].min() - 1.0
+    bad[i, (int(t[i]) + 1) % fp.shape[1]] = fp[i].max() + 1.0
+    try:
+        step = abs(wl.score(fp) - wl.score(bad))
+    except Exception:  # noqa: BLE001 - a metric that cannot score this is not a per-sample count
+        return None
+    return step if step > 0 else None
+
+
+def budget_resolution_note(a: Analysis, max_drop: float) -> str | None:
+    """A top-1 style metric moves in steps (100/N points): a budget below one step is met only
+    with no net flipped sample. Says so, and how many samples would make the budget one step."""
+    step = one_sample_step(a)
+    n = a.workload.n_eval
+    if step is None or max_drop >= step - 1e-9:
+        return None
+    per = round(step * n, 6)  # the metric's full scale (100 for %)
+    need = f"at least {math.ceil(per / max_drop)} evaluation samples (--eval-samples) would resolve it" if max_drop > 0 else \
         "a budget of 0 is met only by configs that flip no prediction, whatever the number of samples"
     return (f"the budget ({max_drop:g} points) is finer than one evaluation sample ({step:.3g} points at {n} samples): "
             f"one flipped prediction misses it, so only configs with no net flip meet it; {need}")  # fmt: skip
@@ -357,7 +387,7 @@ def budget_resolution_note(a: Analysis, max_drop: float) -> str | None:
 def cheap_fixes(a: Analysis) -> list[tuple[str, Config]]:
     """Whole-model candidates tried before layers are given up to float: first the fixes the
     analysis measured as helping (a layer's recommendation with a positive measured gain), then
-    bias correction, percentile and MSE calibration, per-channel weights; those the config
+    CLE, bias correction, percentile and MSE calibration, per-channel weights; those the config
     already has are skipped; at most ``MAX_FIX_CANDIDATES``."""
     from .fixes import FIXES, list_fixes
 
@@ -369,12 +399,12 @@ def cheap_fixes(a: Analysis) -> list[tuple[str, Config]]:
         gain = getattr(r, "recommendation_gain", float("nan"))
         if not (isinstance(gain, float) and gain > 0):
             continue
-        text = r.recommendation or ""
+        text = r.recommendation or ""  # a remedy stays in the text only where measured to help (or not measured)
         for key, label in (("cross-layer equalization", "cle"), ("SmoothQuant", "smoothquant"),
                            ("per-channel weights", "granularity=per_channel"), ("percentile clipping", "calibration=percentile")):  # fmt: skip
-            if text.startswith(key) and label not in recommended:
+            if key in text and label not in recommended:
                 recommended.append(label)
-    order = [*recommended, "bias_correction", "calibration=percentile", "calibration=mse", "granularity=per_channel"]
+    order = [*recommended, "cle", "bias_correction", "calibration=percentile", "calibration=mse", "granularity=per_channel"]
     out: list[tuple[str, Config]] = []
     for label in dict.fromkeys(order):
         c: Config | None = None
@@ -465,7 +495,7 @@ def latency_candidates(a: Analysis, costs: Costs, base: set[str]) -> list[tuple[
 
 
 def _search(a: Analysis, max_drop: float | str | Budget, wd: Path, *, objective: Objective, progress: Progress | None,
-            measure: bool, allow_int4: bool) -> SearchResult:  # fmt: skip
+            measure: bool, allow_int4: bool, try_fixes: bool = True) -> SearchResult:  # fmt: skip
     from .quantized import prepare_simulator
     from .graph import prepare
     from .stats import drop_interval
@@ -512,11 +542,7 @@ def _search(a: Analysis, max_drop: float | str | Budget, wd: Path, *, objective:
         return e.best_latency_ms if objective == "latency" else float(e.size_bytes)
 
     def best_of(pool: list[Evaluated]) -> Evaluated:
-        """Within the budget the cheapest; otherwise the lowest drop, the cheapest among equal drops."""
-        ok = [e for e in pool if e.drop <= max_drop]
-        if ok:
-            return min(ok, key=lambda e: (cost(e), e.drop, e.config_id))
-        return min(pool, key=lambda e: (round(e.drop, 9), cost(e), e.config_id))
+        return pick(pool, max_drop, cost)
 
     note = budget_resolution_note(a, max_drop)
     if note:
@@ -528,7 +554,7 @@ def _search(a: Analysis, max_drop: float | str | Budget, wd: Path, *, objective:
     if start.drop > max_drop:
         # cheap whole-model fixes before any layer is given up to float
         tried = []
-        for label, cfg in cheap_fixes(a):
+        for label, cfg in cheap_fixes(a) if try_fixes else []:
             say(f"trying {label} on the whole model")
             try:
                 qg = prepare(wl, cfg.scheme) if cfg.scheme != a.config.scheme else a.qgraph
