@@ -609,9 +609,6 @@ def _search(a: Analysis, max_drop: float | str | Budget, wd: Path, *, objective:
                     current = trial
             evaluate(current, "prune")
         chosen = best_of(evaluated)
-        if chosen.drop > max_drop:
-            notes.append(f"budget missed: config {chosen.config_id} has the lowest drop measured ({chosen.drop:.3g}), "
-                         f"the cheapest among equal drops, with {len(chosen.float_layers)} float layer(s)")  # fmt: skip
     base = bases.get(chosen.variant, own)
     if allow_int4 and chosen.drop <= max_drop:
         # int4 weights (simulated only: ORT's CPU engine has no static int4 kernels) for the
@@ -682,11 +679,9 @@ def _search(a: Analysis, max_drop: float | str | Budget, wd: Path, *, objective:
                 e.measured = lat[str(e.config_id)]
         fp32_lat = lat[str(fp32_e.config_id if fp32_e is not None else -1)]
         if objective == "latency":  # the fastest measured config within the budget, never one measured slower
-            timed = [e for e in evaluated if e.measured is not None]
-            if chosen.drop <= max_drop:
-                chosen = min((e for e in timed if e.drop <= max_drop), key=lambda e: (e.measured.median_ms, e.drop))
-            else:
-                chosen = best_of(evaluated)
+            timed = [e for e in evaluated if e.measured is not None and e.drop <= max_drop]
+            if timed:
+                chosen = min(timed, key=lambda e: (e.measured.median_ms, e.drop, e.config_id))
         m = chosen.measured
         measured, std, iqr = m.median_ms, m.std_ms, m.iqr_ms
         int8_ms, fp32_ms = start.measured.median_ms, fp32_lat.median_ms
@@ -695,6 +690,9 @@ def _search(a: Analysis, max_drop: float | str | Budget, wd: Path, *, objective:
             notes.append("latency: at least one timing had IQR / median > 25 % (a busy machine); small differences "
                          "between these configs are not to be trusted")  # fmt: skip
         notes.append(f"{builds} engine(s) built and timed (all-INT8 included; FP32 timed from its own model)")
+    if chosen.drop > max_drop:
+        notes.append(f"budget missed: config {chosen.config_id} has the lowest drop measured ({chosen.drop:.3g}), "
+                     f"the cheapest among equal drops, with {len(chosen.float_layers)} float layer(s)")  # fmt: skip
     chosen_cfg = chosen.config
     return SearchResult(
         chosen=chosen_cfg,
