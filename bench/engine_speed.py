@@ -72,12 +72,12 @@ def main() -> None:
         s = session(path)
         b1 = time_calls(lambda: run_session(s, (x1,)), 1, repeats=50, budget_s=20)
         b32 = time_calls(lambda: run_session(s, (x32,)), 32, repeats=8, budget_s=30)
-        rows.append({"engine": name, "b1_ms": b1.mean_ms, "b1_std_ms": b1.std_ms, "b32_ms_per_sample": b32.mean_ms,
+        rows.append({"engine": name, "b1_ms": b1.median_ms, "b1_iqr_ms": b1.iqr_ms, "b32_ms_per_sample": b32.median_ms,
                      "b32_throughput": b32.throughput, "bytes": Path(path).stat().st_size})  # fmt: skip
     fp = rows[0]["b1_ms"]
     print(f"{'engine':40} {'b1 ms':>14} {'b32 ms/sample':>14} {'speedup b1':>10} {'MB':>7}")
     for r in rows:
-        print(f"{r['engine']:40} {r['b1_ms']:8.2f} ± {r['b1_std_ms']:4.2f} {r['b32_ms_per_sample']:14.2f} "
+        print(f"{r['engine']:40} {r['b1_ms']:8.2f} IQR {r['b1_iqr_ms']:4.2f} {r['b32_ms_per_sample']:14.2f} "
               f"{fp / r['b1_ms']:9.2f}x {r['bytes'] / 1e6:7.2f}")  # fmt: skip
     out = ROOT / "bench" / "results"
     out.mkdir(exist_ok=True)

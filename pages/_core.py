@@ -210,9 +210,10 @@ def artifacts(key: Key, _a: Analysis) -> dict[str, bytes]:
 def cached_search(
     key: Key, max_drop: float, objective: str, _a: Analysis, _progress=None
 ) -> SearchResult:
-    """``qanalysis.search.search`` (engines profiled in a temporary folder, removed afterwards)."""
+    """``qanalysis.search.search`` (engines profiled in a temporary folder, removed afterwards).
+    No whole-model fixes: here they are the Fixes page's choice, already in the analysis' config."""
     with tempfile.TemporaryDirectory(prefix="qanalysis-search-") as d:
-        return search(_a, max_drop, objective=objective, progress=_progress, workdir=Path(d))
+        return search(_a, max_drop, objective=objective, progress=_progress, workdir=Path(d), try_fixes=False)
 
 
 def run_search(key: Key, a: Analysis, max_drop: float, objective: str) -> SearchResult:

@@ -120,7 +120,8 @@ def human_bytes(n: float | None) -> str:
 def fmt_ms(latency: dict | None) -> str:
     if not latency:
         return "n/a"
-    return f"{latency['mean_ms']:.3g} ms"
+    ms = latency.get("median_ms", latency["mean_ms"])  # results saved before the median was the number
+    return f"{ms:.3g} ms" + (" (unstable)" if latency.get("unstable") else "")
 
 
 def warnings_banner(warnings: list[str]) -> None:

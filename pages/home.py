@@ -249,8 +249,9 @@ def cost_cards(b: dict) -> None:
             border=True,
             delta_color="off",
             delta_arrow="off",
-            delta=f"± {lat['std_ms']:.2g} ms over {lat['repeats']} runs" if lat else None,
-            help="ms per sample at batch 1 (mean ± std); the INT8 engine's latency comes with the export (Export page)",
+            delta=f"IQR {lat.get('iqr_ms', lat['std_ms']):.2g} ms over {lat['repeats']} runs" if lat else None,
+            help="ms per sample at batch 1: median and interquartile range after a warm-up, the protocol every page, "
+            "the search and the export use; '(unstable)' when IQR / median > 25 % (a busy machine)",
         )
 
 

@@ -17,6 +17,7 @@ from pages._core import (
     simulate_float,
 )
 from pages._state import (
+    FIXES,
     FLOAT_LAYERS,
     LAYER_PRECISIONS,
     SEARCH,
@@ -120,13 +121,14 @@ if res is not None:
     df = res.frame()
     chosen_row = df[df["chosen"]].iloc[0]
     chosen_layers = res.chosen.float_layers()
+    current = frozenset(n for n, p in layer_precisions(a).items() if p in ("fp16", "fp32"))  # by hand or searched
     chosen_formats = summ.get("layer_formats") or {}  # weight-only layers (language models)
-    current = frozenset(float_layers(a))
     kept = (
-        f"{figures.layers_label(';'.join(chosen_layers), sep=', ')} in FP16"
+        f"{figures.layers_label(';'.join(chosen_layers), sep=', ')} in float (FP32)"
         if chosen_layers
         else "all INT8"
-    ) + (f", {len(chosen_formats)} layer(s) weight-only ({', '.join(sorted(set(chosen_formats.values())))})" if chosen_formats else "")
+    ) + (f", {len(chosen_formats)} layer(s) weight-only ({', '.join(sorted(set(chosen_formats.values())))})" if chosen_formats else "") + (
+        f", with {' + '.join(res.chosen.fixes)}" if res.chosen.fixes else "")
     text = (
         f"**Chosen config:** {kept} — "
         f"{metric_name} {chosen_row['metric']:.2f}, drop {chosen_row['drop']:.2f} points"
@@ -141,19 +143,24 @@ if res is not None:
             icon=":material/warning:",
         )
 
+    # the search's float layers are FP32 (what it simulated and what the engine runs)
+    searched = {n: p for n, p in res.chosen.layers.items() if n in set(names)}
+
     def _use() -> None:
-        ss[FLOAT_LAYERS] = [n for n in names if n in set(chosen_layers)]
-        ss[LAYER_PRECISIONS] = dict(chosen_formats)
+        ss[FLOAT_LAYERS] = []
+        ss[LAYER_PRECISIONS] = dict(searched)
+        if res.chosen.fixes:
+            ss[FIXES] = list(res.chosen.fixes)
 
     with st.container(horizontal=True, vertical_alignment="center"):
-        in_use = frozenset(chosen_layers) == current and (ss.get(LAYER_PRECISIONS) or {}) == chosen_formats
+        in_use = layer_precisions(a) == searched and set(ss.get(FIXES) or []) >= set(res.chosen.fixes)
         st.button(
             "Use this config",
             icon=":material/check:",
             on_click=_use,
             disabled=in_use,
             key="w_use_search",
-            help="keep exactly these layers in FP16 (the selection below, exported by the Export page)",
+            help="keep exactly these layers in float, FP32 as searched (the selection below, exported by the Export page)",
         )
         st.download_button(
             "config.json",
@@ -181,8 +188,8 @@ if res is not None:
         "Configs evaluated",
         f"{summ['n_evaluations']}",
         border=True,
-        help=f"full-model simulations for {summ['n_layers']} layers, in {summ['seconds']:.1f} s "
-        "(engine profiling and timing included)",
+        help=f"full-model simulations for {summ['n_layers']} layers, {summ.get('engine_builds', 0)} engine(s) built "
+        f"and timed, in {summ['seconds']:.1f} s (engine profiling and timing included)",
     )
     c[1].metric(
         "Predicted latency",
@@ -199,12 +206,14 @@ if res is not None:
         delta=None if err is None else f"cost model {err:+.0f}%",
         delta_color="off",
         delta_arrow="off",
-        help="the chosen config's engine built and timed end to end (batch 1, mean)"
+        help="the chosen config's engine built and timed end to end (batch 1, median of up to 50 runs, "
+        "timed together with all-INT8 and FP32)"
         + (
             ""
-            if summ.get("measured_latency_std_ms") is None
-            else f"; ± {summ['measured_latency_std_ms']:.3f} ms std"
-        ),
+            if summ.get("measured_latency_iqr_ms") is None
+            else f"; IQR {summ['measured_latency_iqr_ms']:.3f} ms"
+        )
+        + ("; unstable: the machine was busy, small differences are noise" if summ.get("latency_unstable") else ""),
     )
     int8_ms, fp32_ms = summ.get("int8_latency_ms"), summ.get("fp32_latency_ms")
     c[3].metric(

@@ -1,10 +1,9 @@
-"""FP32 baseline: metric, latency (mean ± std), throughput, size and peak memory,
+"""FP32 baseline: metric, latency (median and IQR, ``time_calls``), throughput, size and peak memory,
 for the PyTorch model and for its FP32 ONNX Runtime engine."""
 
 from __future__ import annotations
 
 import os
-import statistics
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -16,25 +15,51 @@ from .engine import run_session, session
 from .workload import Inputs, Workload, run_model
 
 
+# Spread beyond which a timing is flagged: the interquartile range over the median.
+UNSTABLE_IQR_OVER_MEDIAN = 0.25
+
+
 @dataclass(frozen=True)
 class Latency:
-    """Wall time of one call, in ms per *sample*, over ``repeats`` timed calls."""
+    """Wall time of one call, in ms per *sample*: the median over ``repeats`` timed calls after a
+    warm-up, its interquartile range, and ``unstable`` when IQR / median > 25 % (a busy machine:
+    do not trust small differences). Mean ± std are kept for reference; the median is the number."""
 
     batch: int
     mean_ms: float
     std_ms: float
     repeats: int
+    median_ms: float = float("nan")
+    iqr_ms: float = float("nan")
+    unstable: bool = False
 
     @property
     def throughput(self) -> float:
-        """samples / s."""
-        return 1000.0 / self.mean_ms if self.mean_ms > 0 else float("nan")
+        """samples / s, at the median."""
+        return 1000.0 / self.median_ms if self.median_ms > 0 else float("nan")
+
+    def label(self) -> str:
+        """``0.244 ms (IQR 0.012, 50 runs)``, with ``, unstable`` when the spread is too large to trust."""
+        return f"{self.median_ms:.3f} ms (IQR {self.iqr_ms:.3f}, {self.repeats} runs{', unstable' if self.unstable else ''})"
 
     def to_dict(self) -> dict:
         return {**asdict(self), "throughput_per_s": self.throughput}
 
 
-def time_calls(fn: Callable[[], object], batch: int, *, repeats: int = 20, warmup: int = 3, budget_s: float = 5.0) -> Latency:
+def _latency(times: list[float], batch: int) -> Latency:
+    import numpy as np
+
+    a = np.asarray(times)
+    q1, med, q3 = (float(v) for v in np.percentile(a, [25, 50, 75]))
+    return Latency(batch, float(a.mean()), float(a.std()), len(times), med, q3 - q1,
+                   bool(med > 0 and (q3 - q1) / med > UNSTABLE_IQR_OVER_MEDIAN))  # fmt: skip
+
+
+def time_calls(fn: Callable[[], object], batch: int, *, repeats: int = 50, warmup: int = 5, budget_s: float = 5.0,
+               min_runs: int = 10) -> Latency:  # fmt: skip
+    """The one latency protocol (Summary, search, compare, export, validate): ``warmup`` untimed
+    calls, then up to ``repeats`` timed calls, at least ``min_runs`` whatever ``budget_s`` says;
+    the median per sample, its IQR, and the ``unstable`` flag."""
     for _ in range(warmup):
         fn()
     times = []
@@ -43,9 +68,29 @@ def time_calls(fn: Callable[[], object], batch: int, *, repeats: int = 20, warmu
         t = time.perf_counter()
         fn()
         times.append((time.perf_counter() - t) * 1000.0 / batch)
-        if time.perf_counter() - start > budget_s and len(times) >= 5:
+        if len(times) >= min_runs and time.perf_counter() - start > budget_s:
             break
-    return Latency(batch, statistics.fmean(times), statistics.pstdev(times) if len(times) > 1 else 0.0, len(times))
+    return _latency(times, batch)
+
+
+def time_interleaved(fns: dict[str, Callable[[], object]], batch: int = 1, *, repeats: int = 50, warmup: int = 5,
+                     budget_s: float = 10.0, min_runs: int = 10) -> dict[str, Latency]:  # fmt: skip
+    """``time_calls``' protocol for several engines at once, one call of each per round (the order
+    rotating), so a load change on the machine hits them all alike and their ratios hold."""
+    names = list(fns)
+    for _ in range(warmup):
+        for n in names:
+            fns[n]()
+    times: dict[str, list[float]] = {n: [] for n in names}
+    start = time.perf_counter()
+    for r in range(repeats):
+        for n in names[r % len(names):] + names[: r % len(names)]:
+            t = time.perf_counter()
+            fns[n]()
+            times[n].append((time.perf_counter() - t) * 1000.0 / batch)
+        if r + 1 >= min_runs and time.perf_counter() - start > budget_s:
+            break
+    return {n: _latency(v, batch) for n, v in times.items()}
 
 
 def _rss_kib(field: str) -> int | None:
@@ -191,7 +236,7 @@ def first_sample(x: Inputs) -> Inputs:
     return tuple(t[:1] for t in x)
 
 
-def measure_baseline(wl: Workload, onnx_path: Path, *, repeats: int = 20) -> Baseline:
+def measure_baseline(wl: Workload, onnx_path: Path, *, repeats: int = 50) -> Baseline:
     model = wl.model
     sess = session(onnx_path)
     t_outs, o_outs = [], []
@@ -230,27 +275,9 @@ def measure_baseline(wl: Workload, onnx_path: Path, *, repeats: int = 20) -> Bas
     )
 
 
-# Spread beyond which a timing is flagged: the interquartile range over the median.
-UNSTABLE_IQR_OVER_MEDIAN = 0.25
-
-
 def latency_protocol(fn: Callable[[], object], *, repeats: int = 50, warmup: int = 5, budget_s: float = 10.0) -> dict:
-    """The one way latency is measured: ``warmup`` untimed calls, then up to ``repeats`` timed
-    calls (at least 10, ``budget_s`` permitting); median, IQR, mean ± std in ms per call, and
-    ``unstable`` when IQR / median > 25 % (a busy machine: do not trust small differences)."""
-    import numpy as np
-
-    for _ in range(warmup):
-        fn()
-    times = []
-    start = time.perf_counter()
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t) * 1000.0)
-        if len(times) >= 10 and time.perf_counter() - start > budget_s:
-            break
-    a = np.asarray(times)
-    q1, med, q3 = (float(v) for v in np.percentile(a, [25, 50, 75]))
-    return {"median_ms": med, "iqr_ms": q3 - q1, "mean_ms": float(a.mean()), "std_ms": float(a.std()),
-            "runs": len(times), "unstable": bool(med > 0 and (q3 - q1) / med > UNSTABLE_IQR_OVER_MEDIAN)}  # fmt: skip
+    """``time_calls`` at batch 1 as a plain dict (validate's results file): ``median_ms``,
+    ``iqr_ms``, ``mean_ms``, ``std_ms``, ``runs``, ``unstable``."""
+    lat = time_calls(fn, 1, repeats=repeats, warmup=warmup, budget_s=budget_s)
+    return {"median_ms": lat.median_ms, "iqr_ms": lat.iqr_ms, "mean_ms": lat.mean_ms, "std_ms": lat.std_ms,
+            "runs": lat.repeats, "unstable": lat.unstable}  # fmt: skip

@@ -98,6 +98,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--formats", action=argparse.BooleanOptionalAction, default=None,
                    help="also choose weight-only W8/W4 (group 32 or 128) per MatMul/Gemm layer (MatMulNBits engines); "
                         "default: on for language models")  # fmt: skip
+    s.add_argument("--no-fixes", action="store_true",
+                   help="do not try whole-model fixes (CLE, bias correction, calibration, granularity) before keeping layers in float")  # fmt: skip
     e = model_cmd("export", "verified ONNX Runtime engines for a config")
     e.add_argument("--mode", choices=["int8", "dynamic", "fp16"], default="int8",
                    help="int8: static QDQ engine (default); dynamic: weights-only INT8; fp16")  # fmt: skip
@@ -341,17 +343,20 @@ def _search(args: argparse.Namespace) -> int:
         a = analyze(wl, config, progress=say, baseline=False, previews=0)
         for w in a.warnings:
             print(f"warning: {w}", file=sys.stderr)
-        res = search(a, Budget.parse(args.max_drop), objective=args.objective, progress=say, formats=args.formats)
+        res = search(a, Budget.parse(args.max_drop), objective=args.objective, progress=say, formats=args.formats,
+                     try_fixes=not args.no_fixes)  # fmt: skip
         write_search(res, a, out)  # pareto.csv, search.json, config.json, report.html
     s = res.summary()
     chosen = res.evaluated[res.chosen_id]
     print(f"{wl.name}: FP32 {a.fp32_metric:.2f}, all-INT8 drop {a.drop:.2f}{_ci((a.drop_interval.low, a.drop_interval.high))}"
           f" → chosen config drop {chosen.drop:.2f}{_ci(chosen.drop_ci95)} "
-          f"(budget {res.budget}{' = ' + format(res.max_drop, '.4g') if res.budget.endswith('%') else ''}) with {len(s['float_layers'])} float layer(s): {', '.join(s['float_layers']) or 'none'}")  # fmt: skip
+          f"(budget {res.budget}{' = ' + format(res.max_drop, '.4g') if res.budget.endswith('%') else ''}) with {len(s['float_layers'])} float layer(s): {', '.join(s['float_layers']) or 'none'}"
+          f"{' and fixes ' + ', '.join(res.chosen.fixes) if res.chosen.fixes else ''}")  # fmt: skip
     if s["measured_latency_ms"] is not None:
-        print(f"latency: predicted {s['predicted_latency_ms']:.3f} ms, measured {s['measured_latency_ms']:.3f} ms "
-              f"({s['latency_prediction_error_pct']:+.1f}%); all-INT8 {s['int8_latency_ms']:.3f} ms, FP32 {s['fp32_latency_ms']:.3f} ms")  # fmt: skip
-    print(f"{s['n_evaluations']} config evaluations for {s['n_layers']} layers in {s['seconds']:.1f} s")
+        print(f"latency (median, batch 1, timed together): chosen {s['measured_latency_ms']:.3f} ms (predicted "
+              f"{s['predicted_latency_ms']:.3f}, {s['latency_prediction_error_pct']:+.1f}%); all-INT8 {s['int8_latency_ms']:.3f} ms, "
+              f"FP32 {s['fp32_latency_ms']:.3f} ms{' (unstable timing)' if s['latency_unstable'] else ''}")  # fmt: skip
+    print(f"{s['n_evaluations']} config evaluations for {s['n_layers']} layers, {s['engine_builds']} engine(s) built, in {s['seconds']:.1f} s")
     if s["layer_formats"]:
         print(f"weight-only layers: {', '.join(f'{n} {f}' for n, f in s['layer_formats'].items())}")
     for n in s["notes"]:

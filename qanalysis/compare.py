@@ -46,7 +46,7 @@ class CompareRow:
     worst_class_delta: float | None = None
     engine_metric: float = math.nan
     engine_size_bytes: int | None = None
-    latency_ms: float = math.nan
+    latency_ms: float = math.nan  # = latency_median_ms: the one protocol's number (median at batch 1)
     latency_std_ms: float = math.nan
     note: str = ""
     drop_ci_low: float = math.nan
@@ -69,7 +69,7 @@ class CompareRow:
 
     def timed(self, proto: Mapping[str, Any], tokens: int | None) -> None:
         """Fill the latency columns from one ``latency_protocol`` result."""
-        self.latency_ms, self.latency_std_ms = proto["mean_ms"], proto["std_ms"]
+        self.latency_ms, self.latency_std_ms = proto["median_ms"], proto["std_ms"]
         self.latency_median_ms, self.latency_iqr_ms = proto["median_ms"], proto["iqr_ms"]
         self.latency_unstable = proto["unstable"]
         if tokens and proto["median_ms"] > 0:

@@ -49,6 +49,13 @@ class LayerCheck:
     agrees: bool
 
 
+def _lat_text(lat: dict | None, default: float = float("nan")) -> str:
+    """A ``baseline.Latency`` dict as the table prints it: median (IQR), "unstable" when flagged."""
+    if not lat or "median_ms" not in lat:
+        return f"{default:.3f}"
+    return f"{lat['median_ms']:.3f} (IQR {lat['iqr_ms']:.3f})" + (" unstable" if lat.get("unstable") else "")
+
+
 @dataclass
 class ExportReport:
     mode: str
@@ -93,12 +100,12 @@ class ExportReport:
             ("", "FP32", self.mode.upper() + " engine", "simulated"),
             ("metric", f"{self.fp32_onnx_metric:.3f}", f"{self.engine_metric:.3f}", f"{self.simulated_metric:.3f}"),
             ("size (MB)", f"{self.fp32_size_bytes / 1e6:.3f}", f"{self.int8_size_bytes / 1e6:.3f}", ""),
-            ("latency b1 (ms)", f"{self.fp32_latency_ms:.3f} ± {self.fp32_latency_std_ms:.3f}",
-             f"{self.int8_latency_ms:.3f} ± {self.int8_latency_std_ms:.3f}", ""),  # fmt: skip
+            ("latency b1 (ms, median)", _lat_text(lat.get("fp32_b1"), self.fp32_latency_ms),
+             _lat_text(lat.get("engine_b1"), self.int8_latency_ms), ""),  # fmt: skip
         ]
         if "fp32_batch" in lat:
             b = lat["fp32_batch"]["batch"]
-            rows.append((f"latency b{b} (ms/sample)", f"{lat['fp32_batch']['mean_ms']:.3f}", f"{lat['engine_batch']['mean_ms']:.3f}", ""))
+            rows.append((f"latency b{b} (ms/sample)", _lat_text(lat["fp32_batch"]), _lat_text(lat["engine_batch"]), ""))
             rows.append((f"throughput b{b} (/s)", f"{lat['fp32_batch']['throughput_per_s']:.0f}",
                          f"{lat['engine_batch']['throughput_per_s']:.0f}", ""))  # fmt: skip
         w = [max(len(r[i]) for r in rows) for i in range(4)]
@@ -324,7 +331,7 @@ def export(
     }
     peaks = {"fp32": engine_peak_memory(fp32_path, xb), "engine": engine_peak_memory(eng_path, xb)}
     mem = {k: p.bytes for k, p in peaks.items()}
-    speed = _speed_note(fp32_path, eng_path, x1, lat["fp32_b1"].mean_ms, lat["engine_b1"].mean_ms, qg)
+    speed = _speed_note(fp32_path, eng_path, x1, lat["fp32_b1"].median_ms, lat["engine_b1"].median_ms, qg)
     timings["timing"] = time.perf_counter() - t
     float_layers = [l.name for l in qg.layers if sim.weight_bits(sim_config, l) is None]
     rep = ExportReport(
@@ -335,9 +342,9 @@ def export(
         simulated_metric=sim_metric,
         fp32_size_bytes=os.path.getsize(fp32_path),
         int8_size_bytes=os.path.getsize(eng_path),
-        fp32_latency_ms=lat["fp32_b1"].mean_ms,
+        fp32_latency_ms=lat["fp32_b1"].median_ms,
         fp32_latency_std_ms=lat["fp32_b1"].std_ms,
-        int8_latency_ms=lat["engine_b1"].mean_ms,
+        int8_latency_ms=lat["engine_b1"].median_ms,
         int8_latency_std_ms=lat["engine_b1"].std_ms,
         float_layers=float_layers,
         float_tensors=plan.float_tensors(qg) if mode == "int8" else [],

@@ -197,8 +197,8 @@ def pareto_figure(
     if axis == "latency":
         x = df["latency_ms"].astype(float)
         title, x_title, cost_fmt = (
-            "Metric vs predicted latency",
-            "predicted latency, batch 1 (ms)",
+            "Metric vs latency",
+            "latency, batch 1 (ms): measured where the engine was built, else predicted",
             "%{x:.3f} ms",
         )
         front_col = "pareto_latency"

@@ -1,6 +1,6 @@
 """Mixed precision over formats: per layer among float, INT8, W8 and W4 (group 32 or 128).
 
-The search's float-layer phase (``search.py``) leaves some layers in FP16 and the rest in
+The search's float-layer phase (``search.py``) leaves some layers in FP32 and the rest in
 static INT8. This phase then moves MatMul/Gemm layers (those ONNX Runtime's ``MatMulNBits``
 runs) to weight-only formats where that saves the objective's cost and the budget still holds,
 the way NVIDIA ModelOpt's AutoQuantize chooses formats per layer, but from measured costs and
@@ -111,7 +111,7 @@ def formats_phase(
     floats0 = set(start.float_layers)
 
     def current_fmt(fmts: dict[str, str], n: str) -> str:
-        return fmts.get(n) or ("fp16" if n in floats0 else "int8")
+        return fmts.get(n) or ("fp32" if n in floats0 else "int8")
 
     def cost(fmts: dict[str, str]) -> tuple[float, int]:
         """(latency ms, size bytes) of the config: the float phase's cost model plus each
@@ -143,7 +143,7 @@ def formats_phase(
         metric = a.workload.score(q)
         lat, size = cost(fmts)
         e = record(len(evaluated), [n for n in names if n in floats0 and n not in fmts], metric,
-                      a.workload.drop(a.fp32_metric, metric), lat, size, phase, formats=dict(fmts))  # fmt: skip
+                      a.workload.drop(a.fp32_metric, metric), lat, size, phase, formats=dict(fmts), config=cfg)  # fmt: skip
         evaluated.append(e)
         cache[key] = e
         say(f"config {e.config_id}: {len(fmts)} weight-only layer(s), drop {e.drop:.3g}, "
@@ -186,5 +186,6 @@ def formats_phase(
 
 
 def config_of(a: Analysis, float_layers: list[str], fmts: dict[str, str]) -> Config:
-    """The analysis' config with ``float_layers`` in fp16 and the weight-only formats ``fmts``."""
-    return a.config.with_layers({**a.config.layers, **{n: "fp16" for n in float_layers if n not in fmts}, **fmts})
+    """The analysis' config with ``float_layers`` in FP32 (the search's float: what the engine runs)
+    and the weight-only formats ``fmts``."""
+    return a.config.with_layers({**a.config.layers, **{n: "fp32" for n in float_layers if n not in fmts}, **fmts})

@@ -98,7 +98,9 @@ def analysis_cards(summary: dict) -> dict[str, str]:
     c["scheme"] = summary["scheme_label"]
     b = summary.get("baseline")
     if b:
-        c["FP32 ORT latency"] = f"{b['ort_latency_b1']['mean_ms']:.3f} ± {b['ort_latency_b1']['std_ms']:.3f} ms"
+        lat = b["ort_latency_b1"]
+        c["FP32 ORT latency"] = (f"{lat['median_ms']:.3f} ms median (IQR {lat['iqr_ms']:.3f})"
+                                 + (", unstable" if lat.get("unstable") else ""))  # fmt: skip
         c["FP32 size"] = f"{b['onnx_bytes'] / 1e6:.2f} MB"
     return c
 

@@ -97,11 +97,13 @@ def test_fp16_engine_is_smaller_than_fp32_layers_and_priced_as_stored(exported):
 
 
 def test_search_prices_float_layers_as_the_engine_stores_them(tmp_path):
-    from qanalysis.search import measure_costs
+    """The search's float layers are FP32 (what its simulation runs): priced at 4-byte weights."""
+    from qanalysis.search import FLOAT, measure_costs
 
+    assert FLOAT == "fp32"
     a = cached_analysis("sample:digits_cnn")
     costs = measure_costs(a, tmp_path)
-    build_int8_engine(a.qgraph, a.sim, a.sim.plan(a.config.with_layers({n: "fp16" for n in FP16})), tmp_path / "e.onnx",
+    build_int8_engine(a.qgraph, a.sim, a.sim.plan(a.config.with_layers({n: FLOAT for n in FP16})), tmp_path / "e.onnx",
                       a.workload.calibration[0])  # fmt: skip
     real = (tmp_path / "e.onnx").stat().st_size
     assert abs(costs.size_bytes(set(FP16)) - real) <= 0.02 * real, (costs.size_bytes(set(FP16)), real)
