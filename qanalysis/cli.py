@@ -6,6 +6,9 @@
     qanalysis search  MODEL --max-drop PCT [--objective latency|size] --out DIR [--config CONFIG.json]
     qanalysis export  MODEL --out DIR [--config CONFIG.json] [--mode int8|dynamic|fp16]
     qanalysis compare MODEL --configs A.json B.json ... --out DIR
+    qanalysis validate ENGINE... --data DIR|--spec S --out DIR;  diff A B;  experiment GRID.toml --out DIR
+
+The four model commands are one shape (check arguments, load, run + write, print): MODEL_COMMANDS.
 
 MODEL is ``sample:NAME``, ``torchvision:ARCH[@WEIGHTS.pt]`` (with ``--data``) or a spec
 file path. Errors print one ``error: ...`` line on stderr and exit 2; progress goes to
@@ -18,8 +21,9 @@ import argparse
 import signal
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 from .errors import QAnalysisError
 from .outputs import Staging, staged
@@ -286,28 +290,63 @@ def _summary_line(s: dict) -> str:
     )
 
 
-def _analyze(args: argparse.Namespace) -> int:
-    if args.repeats < 1:
-        raise QAnalysisError(f"--repeats must be at least 1, got {args.repeats}")
-    from .analysis import analyze
-    from .report import write_analysis
-    from .scheme import Config
+# --------------------------------------------------------------------------- model commands
+# analyze, search, export and compare share one shape: check the arguments (a bad config or budget
+# fails before any work), load the workload, run the core and write its files into the staging
+# folder, then print what the user reads. Each is one row of MODEL_COMMANDS.
+
+
+@dataclass(frozen=True)
+class ModelCommand:
+    check: Callable[[argparse.Namespace], Any]  # → what run needs from the arguments, parsed
+    run: Callable[..., Any]  # (workload, args, checked, say, out folder) → result; writes its files
+    show: Callable[[Any, argparse.Namespace], None]  # prints the result's lines (stdout; warnings on stderr)
+
+
+def _run_model_command(cmd: ModelCommand, args: argparse.Namespace) -> int:
     from .workload import load_workload
 
-    config = Config.load(args.config)
+    checked = cmd.check(args)
     say = _progress(args.quiet)
     with _output(args) as st:
         say(f"loading {args.model}")
         wl = load_workload(args.model, args.data, metric=args.metric, eval_samples=args.eval_samples,
-                           calib_samples=args.calib_samples)
-        a = analyze(wl, config, progress=say)
-        rep = None
-        if args.repeats > 1:
-            from .repeats import analyze_repeats
+                           calib_samples=args.calib_samples)  # fmt: skip
+        result = cmd.run(wl, args, checked, say, st.path)
+    cmd.show(result, args)
+    print(_wrote(st))
+    return 0
 
-            rep = analyze_repeats(wl, config, args.repeats, progress=say, first=a)
-        say(f"writing {st.out}")
-        write_analysis(a, st.path, repeats=rep)
+
+def _load_config(args: argparse.Namespace):
+    from .scheme import Config
+
+    return Config.load(args.config)
+
+
+def _analyze_check(args: argparse.Namespace):
+    if args.repeats < 1:
+        raise QAnalysisError(f"--repeats must be at least 1, got {args.repeats}")
+    return _load_config(args)
+
+
+def _analyze_run(wl, args: argparse.Namespace, config, say, out: Path):
+    from .analysis import analyze
+    from .report import write_analysis
+
+    a = analyze(wl, config, progress=say)
+    rep = None
+    if args.repeats > 1:
+        from .repeats import analyze_repeats
+
+        rep = analyze_repeats(wl, config, args.repeats, progress=say, first=a)
+    say(f"writing {args.out}")
+    write_analysis(a, out, repeats=rep)
+    return a, rep
+
+
+def _analyze_show(result, args: argparse.Namespace) -> None:
+    a, rep = result
     s = a.summary()
     for w in a.warnings:  # loud, even with --quiet: the numbers below may not mean what they say
         print(f"warning: {w}", file=sys.stderr)
@@ -321,34 +360,34 @@ def _analyze(args: argparse.Namespace) -> int:
     print("most sensitive layers (metric drop with only that layer quantized):")
     for _, r in top.iterrows():
         print(f"  {r['layer']:<40} {r['metric_drop']:+.3f}{_ci((r['metric_drop_ci_low'], r['metric_drop_ci_high']))}  {r['recommendation']}")
-    print(_wrote(st))
-    return 0
 
 
-def _search(args: argparse.Namespace) -> int:
+def _search_check(args: argparse.Namespace):
+    from .search import Budget
+
+    return Budget.parse(args.max_drop), _load_config(args)
+
+
+def _search_run(wl, args: argparse.Namespace, checked, say, out: Path):
     from .analysis import analyze
     from .report import write_search
-    from .scheme import Config
-    from .search import Budget, search
-    from .workload import load_workload
+    from .search import search
 
-    Budget.parse(args.max_drop)  # a bad budget fails before any work
-    config = Config.load(args.config)
-    say = _progress(args.quiet)
-    with _output(args) as st:
-        out = st.path
-        say(f"loading {args.model}")
-        wl = load_workload(args.model, args.data, metric=args.metric, eval_samples=args.eval_samples,
-                           calib_samples=args.calib_samples)
-        a = analyze(wl, config, progress=say, baseline=False, previews=0)
-        for w in a.warnings:
-            print(f"warning: {w}", file=sys.stderr)
-        res = search(a, Budget.parse(args.max_drop), objective=args.objective, progress=say, formats=args.formats,
-                     try_fixes=not args.no_fixes)  # fmt: skip
-        write_search(res, a, out)  # pareto.csv, search.json, config.json, report.html
+    budget, config = checked
+    a = analyze(wl, config, progress=say, baseline=False, previews=0)
+    for w in a.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    res = search(a, budget, objective=args.objective, progress=say, formats=args.formats,
+                 try_fixes=not args.no_fixes)  # fmt: skip
+    write_search(res, a, out)  # pareto.csv, search.json, config.json, report.html
+    return a, res
+
+
+def _search_show(result, args: argparse.Namespace) -> None:
+    a, res = result
     s = res.summary()
     chosen = res.evaluated[res.chosen_id]
-    print(f"{wl.name}: FP32 {a.fp32_metric:.2f}, all-INT8 drop {a.drop:.2f}{_ci((a.drop_interval.low, a.drop_interval.high))}"
+    print(f"{a.workload.name}: FP32 {a.fp32_metric:.2f}, all-INT8 drop {a.drop:.2f}{_ci((a.drop_interval.low, a.drop_interval.high))}"
           f" → chosen config drop {chosen.drop:.2f}{_ci(chosen.drop_ci95)} "
           f"(budget {res.budget}{' = ' + format(res.max_drop, '.4g') if res.budget.endswith('%') else ''}) with {len(s['float_layers'])} float layer(s): {', '.join(s['float_layers']) or 'none'}"
           f"{' and fixes ' + ', '.join(res.chosen.fixes) if res.chosen.fixes else ''}")  # fmt: skip
@@ -361,54 +400,55 @@ def _search(args: argparse.Namespace) -> int:
         print(f"weight-only layers: {', '.join(f'{n} {f}' for n, f in s['layer_formats'].items())}")
     for n in s["notes"]:
         print(f"note: {n}")
-    print(_wrote(st))
-    return 0
 
 
-def _export(args: argparse.Namespace) -> int:
+def _export_run(wl, args: argparse.Namespace, config, say, out: Path):
     from .export import export
     from .report import write_json
-    from .scheme import Config
-    from .workload import load_workload
 
-    config = Config.load(args.config)
-    say = _progress(args.quiet)
-    with _output(args) as st:
-        out = st.path
-        say(f"loading {args.model}")
-        wl = load_workload(args.model, args.data, metric=args.metric, eval_samples=args.eval_samples,
-                           calib_samples=args.calib_samples)
-        rep = export(wl, config, out, mode=args.mode, progress=say)
-        write_json(rep.config, out / "config.json")
-        write_json(rep.to_dict(), out / "export.json")
+    rep = export(wl, config, out, mode=args.mode, progress=say)
+    write_json(rep.config, out / "config.json")
+    write_json(rep.to_dict(), out / "export.json")
+    return rep, config
+
+
+def _export_show(result, args: argparse.Namespace) -> None:
+    rep, config = result
     print(rep.table())
     if rep.int8_latency_ms >= rep.fp32_latency_ms and not config.layers:
         print(f"warning: this INT8 engine ({rep.int8_latency_ms:.3f} ms) is not faster than FP32 ({rep.fp32_latency_ms:.3f} ms); "
               f"`qanalysis search {args.model} --objective latency --max-drop 1` looks for a faster mixed-precision config",
               file=sys.stderr)  # fmt: skip
-    print(_wrote(st))
-    return 0
 
 
-def _compare(args: argparse.Namespace) -> int:
-    from .compare import compare, load_configs
+def _compare_check(args: argparse.Namespace):
+    from .compare import load_configs
+
+    return load_configs(args.configs)
+
+
+def _compare_run(wl, args: argparse.Namespace, configs, say, out: Path):
+    from .compare import compare
     from .report import write_csv, write_json
-    from .workload import load_workload
 
-    configs = load_configs(args.configs)
-    say = _progress(args.quiet)
-    with _output(args) as st:
-        out = st.path
-        say(f"loading {args.model}")
-        wl = load_workload(args.model, args.data, metric=args.metric, eval_samples=args.eval_samples,
-                           calib_samples=args.calib_samples)
-        res = compare(wl, configs, out, progress=say)
-        write_csv(res.to_frame(), out / "compare.csv")
-        write_json(res.to_dict(), out / "compare.json")
+    res = compare(wl, configs, out, progress=say)
+    write_csv(res.to_frame(), out / "compare.csv")
+    write_json(res.to_dict(), out / "compare.json")
+    return wl, res
+
+
+def _compare_show(result, args: argparse.Namespace) -> None:
+    wl, res = result
     print(f"{wl.name} ({wl.metric_name}):")
     print(res.table())
-    print(_wrote(st))
-    return 0
+
+
+MODEL_COMMANDS: dict[str, ModelCommand] = {
+    "analyze": ModelCommand(_analyze_check, _analyze_run, _analyze_show),
+    "search": ModelCommand(_search_check, _search_run, _search_show),
+    "export": ModelCommand(_load_config, _export_run, _export_show),
+    "compare": ModelCommand(_compare_check, _compare_run, _compare_show),
+}
 
 
 def _on_sigterm(signum, frame):  # noqa: ARG001
@@ -439,13 +479,13 @@ def _main(argv: Sequence[str] | None) -> int:
             return 0
         from .memory import memory_budget
 
-        commands = {"analyze": _analyze, "export": _export, "search": _search, "compare": _compare,
-                    "validate": _validate, "diff": _diff, "experiment": _experiment}  # fmt: skip
-        run = commands.get(args.cmd)
-        if run is None:  # pragma: no cover
-            raise QAnalysisError(f"unknown command {args.cmd}")
+        commands = {"validate": _validate, "diff": _diff, "experiment": _experiment}
         with memory_budget(getattr(args, "memory_budget", None)):
-            return run(args)
+            if args.cmd in MODEL_COMMANDS:
+                return _run_model_command(MODEL_COMMANDS[args.cmd], args)
+            if args.cmd not in commands:  # pragma: no cover
+                raise QAnalysisError(f"unknown command {args.cmd}")
+            return commands[args.cmd](args)
     except QAnalysisError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
