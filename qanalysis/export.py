@@ -71,6 +71,10 @@ class ExportReport:
     disagreements: list[str] = field(default_factory=list)
     rewired_edges: list[list[str]] = field(default_factory=list)
     speed: dict[str, Any] = field(default_factory=dict)
+    # model outputs on the evaluation set: SQNR (dB) of simulated vs engine, engine vs FP32 (ONNX),
+    # simulated vs FP32, and margin_db = sim_vs_engine − engine_vs_fp32 (how far the simulation's
+    # own error lies below the quantization error it predicts; ≥ 10 dB is the target)
+    output_sqnr_db: dict[str, float] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)
     fix_notes: list[str] = field(default_factory=list)
     weight_only: list[dict[str, Any]] = field(default_factory=list)  # MatMulNBits layers (engine.WeightOnlyLayer)
@@ -103,6 +107,10 @@ class ExportReport:
                          f"{lat['engine_batch']['throughput_per_s']:.0f}", ""))  # fmt: skip
         w = [max(len(r[i]) for r in rows) for i in range(4)]
         lines = ["  ".join(c.ljust(w[i]) for i, c in enumerate(r)) for r in rows]
+        q = self.output_sqnr_db
+        if q:
+            lines.append(f"output SQNR: simulated vs engine {q['sim_vs_engine']:.1f} dB, engine vs FP32 {q['engine_vs_fp32']:.1f} dB "
+                         f"(margin {q['margin_db']:.1f} dB)")  # fmt: skip
         lines.append(f"float layers: {', '.join(self.float_layers) or 'none'}")
         if self.disagreements:
             lines.append(f"engine disagrees with the simulation on: {', '.join(self.disagreements)}")
@@ -116,8 +124,19 @@ def _metric(wl: Workload, fn) -> tuple[float, torch.Tensor]:
     return wl.score(outs), outs
 
 
-def _simulated(wl: Workload, sim: Simulator, plan: SimPlan) -> float:
-    return wl.score(sim.outputs(wl.evaluation, plan))
+def _simulated(wl: Workload, sim: Simulator, plan: SimPlan) -> tuple[float, torch.Tensor]:
+    outs = sim.outputs(wl.evaluation, plan)
+    return wl.score(outs), outs
+
+
+def output_sqnr(fp32: torch.Tensor, engine: torch.Tensor, simulated: torch.Tensor) -> dict[str, float]:
+    """SQNR (dB) between the three engines' outputs on the evaluation set; ``margin_db`` =
+    sim_vs_engine − engine_vs_fp32: the simulation predicts the engine only where its own error
+    is well below the quantization error."""
+    d = {"sim_vs_engine": M.sqnr_db(engine, simulated), "engine_vs_fp32": M.sqnr_db(fp32, engine),
+         "sim_vs_fp32": M.sqnr_db(fp32, simulated)}  # fmt: skip
+    d["margin_db"] = d["sim_vs_engine"] - d["engine_vs_fp32"]
+    return d
 
 
 def layer_checks(wl: Workload, sim: Simulator, plan: SimPlan, engine_path: Path, n_batches: int = 2) -> list[LayerCheck]:
@@ -285,9 +304,10 @@ def export(
     fp32_sess, eng_sess = session(fp32_path), session(eng_path)
     with torch.inference_mode():
         torch_metric, _ = _metric(wl, lambda x: run_model(wl.model, x))
-    onnx_metric, _ = _metric(wl, lambda x: run_session(fp32_sess, x))
-    engine_metric, _ = _metric(wl, lambda x: run_session(eng_sess, x))
-    sim_metric = _simulated(wl, sim, plan)
+    onnx_metric, fp32_outs = _metric(wl, lambda x: run_session(fp32_sess, x))
+    engine_metric, engine_outs = _metric(wl, lambda x: run_session(eng_sess, x))
+    sim_metric, sim_outs = _simulated(wl, sim, plan)
+    out_sqnr = output_sqnr(fp32_outs, engine_outs, sim_outs)
     checks: list[LayerCheck] = []
     if mode == "int8" and check_layers and (build is not None):
         say("comparing the engine's layer outputs with the simulation")
@@ -331,6 +351,7 @@ def export(
         disagreements=sorted({c.layer for c in checks if not c.agrees} | ({f"{n} ({t})" for n, t in build.missing_edges} if build else set())),
         rewired_edges=[list(e) for e in build.rewired_edges] if build else [],
         speed=speed,
+        output_sqnr_db=out_sqnr,
         config=sim_config.to_dict(),
         fix_notes=fix_notes,
         weight_only=[asdict(w) for w in wo_layers],
