@@ -515,6 +515,9 @@ class Simulator:
                 out.update(self.prog.consumers.get(w, ()))
         for w in self.weight_overrides:
             out.update(self.prog.consumers.get(w, ()))
+        # a node run as an integer kernel in one plan and in float in the other (its output is
+        # requantized only where every reader quantizes it) computes other values from the same inputs
+        out.update(set(self.plan_kernels(a)) ^ set(self.plan_kernels(b)))
         return out
 
     # ------------------------------------------------------------------ running
@@ -559,15 +562,21 @@ class Simulator:
                 return o
         return None
 
+    def _const_qparams(self, name: str) -> QParams:
+        """A constant quantized like an activation (its own range), as ``_weight``'s "c" key."""
+        c = self._float_weight(name)
+        a = self.scheme.act
+        qr = QRange.for_bits(a.bits, a.symmetric)
+        s, z = compute_scale_zp(c.min(), c.max(), qr, a.symmetric)
+        return QParams(s, z, qr)
+
     def _add_kernel(self, plan: SimPlan, layer: Layer):
         """ONNX Runtime's QLinearAdd (uint8) as MLAS runs it on x86 (AVX2, float multiply with
         FMA): r_a = fp32(s_a / s_c), r_b = fp32(s_b / s_c), c₀ = fp32(z_c − fma(r_a, z_a, fp32(r_b·z_b))),
         q_c = clamp(rne(fma(q_a, r_a, fma(q_b, r_b, c₀)))) on the raw q_a, q_b (zero points
         folded into c₀). Against (â + b̂)/s_c the cancellation in c₀ moves values like −1.49999
-        steps across the rounding boundary (measured: tiny_lm's residual adds). Adds of a
-        constant (a bias, RMSNorm's ε) keep the float sum: with ε on its own grid the fixed
-        kernel drove a HF Llama's all-but-one sensitivity runs to non-finite outputs (not
-        understood yet)."""
+        steps across the rounding boundary (measured: tiny_lm's residual adds). A constant
+        input (a bias) is on its own grid, as ``_weight``'s "c" key."""
         prog = self.prog
         node = prog.nodes[layer.node]
         if node.op != "Add" or len(node.inputs) != 2:
@@ -577,6 +586,8 @@ class Simulator:
             k = plan.edges.get((layer.node, pos))
             if k is not None and k[0] == "q":
                 qp = self.act_qparams(t)
+            elif (plan.weights.get(t) or (None,))[0] == "c":
+                qp = self._const_qparams(t)
             else:
                 return None
             if qp is None or qp.scale.dim() or (qp.qrange.qmin, qp.qrange.qmax) != (0, 255):
@@ -756,6 +767,14 @@ class Simulator:
                     out[i] = fn
         return out
 
+    def plan_kernels(self, plan: SimPlan) -> dict[int, object]:
+        """``integer_kernels(plan)``, made once per plan and simulator state."""
+        key = (id(self), self.engine_arithmetic, tuple(sorted(self.overrides.items())), tuple(sorted(self.weight_overrides)),
+               tuple(sorted(self.weight_qparams_override)))  # fmt: skip
+        if plan.kernels is None or plan.kernels[0] != key:
+            plan.kernels = (key, self.integer_kernels(plan))
+        return plan.kernels[1]
+
     def run(
         self,
         feeds: Mapping[str, torch.Tensor],
@@ -772,10 +791,7 @@ class Simulator:
             k = edges.get((i, pos))
             return v if k is None else self._apply(k, v, nodes_[i].inputs[pos])
 
-        key = (id(self), tuple(sorted(self.overrides.items())), tuple(sorted(self.weight_overrides)), tuple(sorted(self.weight_qparams_override)))
-        if plan.kernels is None or plan.kernels[0] != key:
-            plan.kernels = (key, self.integer_kernels(plan))
-        out = self.prog.run(feeds, env=env, nodes=nodes, edge=edge, weights=self.weights_for(plan), keep=keep, ops=plan.kernels[1])
+        out = self.prog.run(feeds, env=env, nodes=nodes, edge=edge, weights=self.weights_for(plan), keep=keep, ops=self.plan_kernels(plan))
         for t, k in plan.outputs.items():
             if t in out:
                 out[t] = self._apply(k, out[t], t)
