@@ -207,6 +207,26 @@ else:
         f"describe this {rep.mode} engine exactly.",
         icon=":material/warning:",
     )
+q = rep.output_sqnr_db
+if q:
+    st.caption(
+        f"Output SQNR: simulated vs engine {q['sim_vs_engine']:.1f} dB, engine vs FP32 {q['engine_vs_fp32']:.1f} dB: "
+        f"the simulation's own error lies {q['margin_db']:.1f} dB below the quantization error it predicts."
+    )
+o = rep.ort_options
+if o:
+    chosen = o["chosen"]
+    with st.expander(
+        "ONNX Runtime options, picked by measurement: "
+        + ", ".join(f"{k}={v}" for k, v in {**chosen["session"], **chosen["build"]}.items())
+    ):
+        st.dataframe(
+            [{"options": ", ".join(f"{k}={v}" for k, v in {**t["session"], **t["build"]}.items()),
+              "median ms": t.get("median_ms"), "same numerics": t.get("same_numerics"), "error": t.get("error", "")}
+             for t in o["tried"]],  # fmt: skip
+            hide_index=True,
+        )
+        st.code(o["how_to_load"], language="python")
 
 lat = rep.latency
 rows = [

@@ -37,10 +37,35 @@ from .errors import ExportError
 from .workload import Inputs
 
 
-def session(path: str | Path, *, threads: int | None = None, profile: bool = False,
-            profile_prefix: str | None = None) -> ort.InferenceSession:  # fmt: skip
+# The session options ``session_options`` understands (``ort_options`` picks them by measurement).
+OPT_LEVELS = ("ORT_ENABLE_ALL", "ORT_ENABLE_EXTENDED", "ORT_ENABLE_BASIC", "ORT_DISABLE_ALL")
+
+
+def session_options(options: Mapping[str, Any] | None = None) -> ort.SessionOptions:
+    """``{"graph_optimization_level": "ORT_ENABLE_EXTENDED", "intra_op_num_threads": 1,
+    "allow_spinning": False}`` → ``ort.SessionOptions``; a missing key keeps ORT's default."""
     so = ort.SessionOptions()
     so.log_severity_level = 3
+    o = dict(options or {})
+    level = o.pop("graph_optimization_level", None)
+    if level is not None:
+        if level not in OPT_LEVELS:
+            raise ExportError(f"unknown graph_optimization_level {level!r}; choose one of {', '.join(OPT_LEVELS)}")
+        so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
+    threads = o.pop("intra_op_num_threads", None)
+    if threads:
+        so.intra_op_num_threads = int(threads)
+    spin = o.pop("allow_spinning", None)
+    if spin is not None:
+        so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+    if o:
+        raise ExportError(f"unknown session option(s) {', '.join(sorted(o))}")
+    return so
+
+
+def session(path: str | Path, *, threads: int | None = None, profile: bool = False,
+            profile_prefix: str | None = None, options: Mapping[str, Any] | None = None) -> ort.InferenceSession:  # fmt: skip
+    so = session_options(options)
     if threads:
         so.intra_op_num_threads = threads
     if profile:
@@ -75,16 +100,20 @@ def _np_zero_point(z: int, symmetric: bool) -> np.ndarray:
     return np.array(z, dtype=np.int8 if symmetric else np.uint8)
 
 
-def _overrides(sim, plan) -> dict[str, list[dict[str, Any]]]:
-    """TensorQuantOverrides: every quantized tensor's (scale, zero point) from the simulation."""
+def _overrides(sim, plan, s8_activations: bool = False) -> dict[str, list[dict[str, Any]]]:
+    """TensorQuantOverrides: every quantized tensor's (scale, zero point) from the simulation.
+    ``s8_activations``: an asymmetric uint8 grid written as int8 with the zero point shifted by
+    128, the same grid: s·(q − z) = s·((q − 128) − (z − 128))."""
     a = sim.scheme.act
     out: dict[str, list[dict[str, Any]]] = {}
     owners = set(sim.qg.act_owner.values())
+    shift = 128 if s8_activations and not a.symmetric else 0
     for t in sorted(owners):
         qp = sim.act_qparams(t)
         if qp is None:
             continue
-        out[t] = [{"scale": np.array(float(qp.scale), dtype=np.float32), "zero_point": _np_zero_point(int(qp.zero_point), a.symmetric)}]
+        z = _np_zero_point(int(qp.zero_point) - shift, a.symmetric or shift > 0)
+        out[t] = [{"scale": np.array(float(qp.scale), dtype=np.float32), "zero_point": z}]
     w_sym = sim.scheme.weights.symmetric
     for name, qp in sim.weight_qparams_override.items():  # exact weight grids (AdaRound)
         if qp.group is not None:  # a MatMulNBits block grid (GPTQ): written by build_weight_only_engine
@@ -121,9 +150,28 @@ def check_engine_scheme(scheme, plan, sim) -> None:
         )
 
 
-def build_int8_engine(qg, sim, plan, out_path: Path, calib: Inputs) -> EngineBuild:
-    """The QDQ engine of ``plan`` (a SimPlan) via quantize_static, made tensor-exact."""
+# quantize_static options that change speed, not numbers (``ort_options`` picks them):
+# "activation_type": "QUInt8" | "QInt8" (an asymmetric grid either way, see ``_overrides``),
+# "DedicatedQDQPair": one Q/DQ pair per consumer instead of one shared pair.
+BUILD_OPTIONS = ("activation_type", "DedicatedQDQPair")
+
+
+def build_int8_engine(qg, sim, plan, out_path: Path, calib: Inputs, options: Mapping[str, Any] | None = None) -> EngineBuild:
+    """The QDQ engine of ``plan`` (a SimPlan) via quantize_static, made tensor-exact;
+    ``options``: see BUILD_OPTIONS."""
+    from onnxruntime.quantization import QuantType
+
     from .graph import ort_quantize
+
+    o = dict(options or {})
+    unknown = sorted(set(o) - set(BUILD_OPTIONS))
+    if unknown:
+        raise ExportError(f"unknown build option(s) {', '.join(unknown)}; known: {', '.join(BUILD_OPTIONS)}")
+    s8 = o.get("activation_type", "QUInt8") == "QInt8"
+    extra: dict[str, Any] = {"TensorQuantOverrides": _overrides(sim, plan, s8_activations=s8)}
+    if o.get("DedicatedQDQPair"):
+        extra["DedicatedQDQPair"] = True
+    kw = {"activation_type": QuantType.QInt8} if s8 else {}
 
     check_engine_scheme(sim.scheme, plan, sim)
     prog = qg.program
@@ -132,8 +180,7 @@ def build_int8_engine(qg, sim, plan, out_path: Path, calib: Inputs) -> EngineBui
     try:
         ort_quantize(
             qg.float_path, tmp, qg.input_names, [calib], sim.scheme,
-            nodes_to_exclude=float_nodes,
-            extra_options={"TensorQuantOverrides": _overrides(sim, plan)},
+            nodes_to_exclude=float_nodes, extra_options=extra, **kw,
         )  # fmt: skip
         model = onnx.load(str(tmp))
     finally:

@@ -78,6 +78,13 @@ class ExportReport:
     disagreements: list[str] = field(default_factory=list)
     rewired_edges: list[list[str]] = field(default_factory=list)
     speed: dict[str, Any] = field(default_factory=dict)
+    # model outputs on the evaluation set: SQNR (dB) of simulated vs engine, engine vs FP32 (ONNX),
+    # simulated vs FP32, and margin_db = sim_vs_engine − engine_vs_fp32 (how far the simulation's
+    # own error lies below the quantization error it predicts; ≥ 10 dB is the target)
+    output_sqnr_db: dict[str, float] = field(default_factory=dict)
+    # ONNX Runtime's session / quantize_static options picked by measurement (ort_options.OrtChoice):
+    # chosen, every alternative tried (median ms, numerics vs the simulation), how to load the engine
+    ort_options: dict[str, Any] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)
     fix_notes: list[str] = field(default_factory=list)
     weight_only: list[dict[str, Any]] = field(default_factory=list)  # MatMulNBits layers (engine.WeightOnlyLayer)
@@ -110,12 +117,25 @@ class ExportReport:
                          f"{lat['engine_batch']['throughput_per_s']:.0f}", ""))  # fmt: skip
         w = [max(len(r[i]) for r in rows) for i in range(4)]
         lines = ["  ".join(c.ljust(w[i]) for i, c in enumerate(r)) for r in rows]
+        q = self.output_sqnr_db
+        if q:
+            lines.append(f"output SQNR: simulated vs engine {q['sim_vs_engine']:.1f} dB, engine vs FP32 {q['engine_vs_fp32']:.1f} dB "
+                         f"(margin {q['margin_db']:.1f} dB)")  # fmt: skip
         lines.append(f"float layers: {', '.join(self.float_layers) or 'none'}")
         if self.disagreements:
             lines.append(f"engine disagrees with the simulation on: {', '.join(self.disagreements)}")
+        o = self.ort_options
+        if o:
+            tried = [t for t in o["tried"] if "median_ms" in t]
+            lines.append(f"ONNX Runtime options (picked among {len(tried)} timed, {o['engine_builds']} extra build(s)): "
+                         f"session {_fmt_opts(o['chosen']['session'])}; quantize_static {_fmt_opts(o['chosen']['build'])}")  # fmt: skip
         if self.speed.get("note"):
             lines.append(self.speed["note"])
         return "\n".join(lines)
+
+
+def _fmt_opts(d: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in d.items())
 
 
 def _metric(wl: Workload, fn) -> tuple[float, torch.Tensor]:
@@ -123,8 +143,19 @@ def _metric(wl: Workload, fn) -> tuple[float, torch.Tensor]:
     return wl.score(outs), outs
 
 
-def _simulated(wl: Workload, sim: Simulator, plan: SimPlan) -> float:
-    return wl.score(sim.outputs(wl.evaluation, plan))
+def _simulated(wl: Workload, sim: Simulator, plan: SimPlan) -> tuple[float, torch.Tensor]:
+    outs = sim.outputs(wl.evaluation, plan)
+    return wl.score(outs), outs
+
+
+def output_sqnr(fp32: torch.Tensor, engine: torch.Tensor, simulated: torch.Tensor) -> dict[str, float]:
+    """SQNR (dB) between the three engines' outputs on the evaluation set; ``margin_db`` =
+    sim_vs_engine − engine_vs_fp32: the simulation predicts the engine only where its own error
+    is well below the quantization error."""
+    d = {"sim_vs_engine": M.sqnr_db(engine, simulated), "engine_vs_fp32": M.sqnr_db(fp32, engine),
+         "sim_vs_fp32": M.sqnr_db(fp32, simulated)}  # fmt: skip
+    d["margin_db"] = d["sim_vs_engine"] - d["engine_vs_fp32"]
+    return d
 
 
 def layer_checks(wl: Workload, sim: Simulator, plan: SimPlan, engine_path: Path, n_batches: int = 2) -> list[LayerCheck]:
@@ -248,6 +279,7 @@ def export(
     progress: Progress | None = None,
     repeats: int = 30,
     check_layers: bool = True,
+    tune_ort: bool = True,
 ) -> ExportReport:
     """Build and verify the engines for ``config``; files go to ``out``."""
     from .quantized import check_config, prepare_simulator
@@ -304,14 +336,41 @@ def export(
         raise ExportError(f"unknown export mode {mode!r}; choose int8, dynamic or fp16")
     timings["engine_build"] = time.perf_counter() - t
 
+    ort_choice, eng_opts, fp32_opts = None, None, None
+    if tune_ort:
+        from .ort_options import choose
+
+        t = time.perf_counter()
+        check = tuple(v[:8] for v in wl.evaluation[0][0])
+        with torch.inference_mode():
+            ref = sim.output(sim.run(dict(zip(qg.input_names, check)), plan))
+        builds: dict[Path, Any] = {}
+
+        def rebuild(opts: dict[str, Any], path: Path) -> Path:
+            builds[path] = build_int8_engine(qg, sim, plan, path, wl.calibration[0], opts)
+            return path
+
+        static = mode == "int8" and not weight_only
+        ort_choice, chosen = choose(eng_path, rebuild if static else None, first_sample(check), check, ref,
+                                    repeats=max(10, repeats), progress=say)  # fmt: skip
+        if chosen != eng_path:
+            build = builds[chosen]
+            os.replace(chosen, eng_path)
+            build.path = eng_path
+        eng_opts = ort_choice.session
+        # FP32 runs with the same threads and spinning (a fair comparison) at its own best level
+        fp32_opts = {k: v for k, v in eng_opts.items() if k != "graph_optimization_level"}
+        timings["ort_options"] = time.perf_counter() - t
+
     t = time.perf_counter()
     say("verifying: FP32 (PyTorch, ONNX), simulated and engine metrics")
-    fp32_sess, eng_sess = session(fp32_path), session(eng_path)
+    fp32_sess, eng_sess = session(fp32_path, options=fp32_opts), session(eng_path, options=eng_opts)
     with torch.inference_mode():
         torch_metric, _ = _metric(wl, lambda x: run_model(wl.model, x))
-    onnx_metric, _ = _metric(wl, lambda x: run_session(fp32_sess, x))
-    engine_metric, _ = _metric(wl, lambda x: run_session(eng_sess, x))
-    sim_metric = _simulated(wl, sim, plan)
+    onnx_metric, fp32_outs = _metric(wl, lambda x: run_session(fp32_sess, x))
+    engine_metric, engine_outs = _metric(wl, lambda x: run_session(eng_sess, x))
+    sim_metric, sim_outs = _simulated(wl, sim, plan)
+    out_sqnr = output_sqnr(fp32_outs, engine_outs, sim_outs)
     checks: list[LayerCheck] = []
     if mode == "int8" and check_layers and (build is not None):
         say("comparing the engine's layer outputs with the simulation")
@@ -355,6 +414,8 @@ def export(
         disagreements=sorted({c.layer for c in checks if not c.agrees} | ({f"{n} ({t})" for n, t in build.missing_edges} if build else set())),
         rewired_edges=[list(e) for e in build.rewired_edges] if build else [],
         speed=speed,
+        output_sqnr_db=out_sqnr,
+        ort_options={**ort_choice.to_dict(), "fp32_session": fp32_opts} if ort_choice else {},
         config=sim_config.to_dict(),
         fix_notes=fix_notes,
         weight_only=[asdict(w) for w in wo_layers],

@@ -189,12 +189,13 @@ def ort_quantize(src: Path, dst: Path, input_names: list[str], batches: list[Inp
 
     kw = ort_quant_types(scheme)
     kw["extra_options"] = {**kw["extra_options"], **extra.pop("extra_options", {})}
+    kw.update(extra)  # e.g. activation_type: an override of the scheme's default (engine.build_int8_engine)
     with quiet():
         try:
             large = (src.with_name(src.name + ".data")).exists()  # a model over 2 GB keeps its weights beside it
             quantize_static(
                 str(src), str(dst), _Reader(input_names, batches), quant_format=QuantFormat.QDQ,
-                calibrate_method=CalibrationMethod.MinMax, use_external_data_format=large, **kw, **extra,
+                calibrate_method=CalibrationMethod.MinMax, use_external_data_format=large, **kw,
             )  # fmt: skip
         except Exception as e:  # noqa: BLE001
             raise ExportError(f"ONNX Runtime's quantize_static failed: {_first_line_of(e)}") from None

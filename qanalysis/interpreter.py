@@ -125,6 +125,7 @@ class Program:
         edge_nodes: set[int] | None = None,
         weights: Mapping[str, torch.Tensor] | None = None,
         keep: bool | set[str] = False,
+        ops: Mapping[int, Callable[[list, dict], Any]] | None = None,
     ) -> dict[str, torch.Tensor]:
         """Run ``nodes`` (default all, always in graph order) and return the environment.
 
@@ -133,6 +134,7 @@ class Program:
         node reads on an input edge, for the nodes in ``edge_nodes`` (default all).
         With ``keep=False`` intermediate tensors are dropped after their last use, so only
         graph outputs are returned; ``keep=True`` keeps everything; a set keeps those.
+        ``ops`` replaces the function of some nodes (by index), called as ``fn(args, attrs)``.
         """
         scope: dict[str, torch.Tensor] = dict(self.initializers)
         if weights:
@@ -158,7 +160,7 @@ class Program:
                     v = edge(i, pos, v)
                 args.append(v)
             try:
-                res = OPS[n.op](args, n.attrs)
+                res = (ops[i] if ops and i in ops else OPS[n.op])(args, n.attrs)
             except ExportError:
                 raise
             except Exception as e:  # noqa: BLE001 - name the node that failed

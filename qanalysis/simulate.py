@@ -25,6 +25,7 @@ the simulated metric predict the engine's.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Hashable, Mapping
 
@@ -32,6 +33,7 @@ import torch
 
 from .calibrate import TensorStats, calibration_range
 from .graph import Layer, QuantGraph
+from .ops import get_op
 from .errors import ConfigError
 from .scheme import ALL_LAYERS, Config, QParams, QRange, Scheme, WeightSpec, compute_scale_zp, weight_only_format
 
@@ -79,6 +81,14 @@ def quantize_weight(w: torch.Tensor, spec: WeightSpec, axis: int | None, bits: i
     q = torch.clamp(torch.round(grouped / s[..., None]) + z[..., None], qr.qmin, qr.qmax)
     deq = ((q - z[..., None]) * s[..., None]).reshape(flat.shape[0], -1)[:, :k]
     return deq.reshape(moved.shape).movedim(0, axis), qp
+
+
+def int32_bias(b: torch.Tensor, bias_scale: torch.Tensor) -> torch.Tensor:
+    """The int32 bias quantize_static writes (as float64): clip(round(b / s_b)), the division
+    in float64 (ORT's quantize_bias_static_impl), half to even; s_b = fp32(s_x · s_w). In float32
+    the quotient of b = 41708.5·s_b (ULP-near a tie) rounds the other way."""
+    q = torch.round(b.double() / bias_scale.double())
+    return torch.clamp(q, -(2.0**31), 2.0**31 - 1)
 
 
 # --------------------------------------------------------------------------- weight-only
@@ -233,6 +243,8 @@ class SimPlan:
     edges: dict[tuple[int, int], Hashable] = field(default_factory=dict)
     weights: dict[str, Hashable] = field(default_factory=dict)
     outputs: dict[str, Hashable] = field(default_factory=dict)
+    # (the simulator's state, Simulator.integer_kernels) for this plan, made on its first run
+    kernels: tuple[tuple, dict[int, object]] | None = field(default=None, repr=False, compare=False)
 
     def float_tensors(self, qg: QuantGraph) -> list[str]:
         """Tensors ORT would quantize in an all-int8 engine that stay float under this config."""
@@ -243,6 +255,10 @@ class SimPlan:
 
 class Simulator:
     """Fake-quantized runs of a QuantGraph under any config of one scheme."""
+
+    # int8 Conv/Gemm/MatMul with a quantized output computed as ONNX Runtime's kernels do
+    # (integer accumulation, float32 requantization multiplier): see ``_integer_kernel``
+    engine_arithmetic: bool = True
 
     def __init__(self, qg: QuantGraph, stats: Mapping[str, TensorStats], scheme: Scheme):
         self.qg, self.stats, self.scheme = qg, stats, scheme
@@ -407,7 +423,7 @@ class Simulator:
                     v = b  # group-wise weights have no single per-channel scale: keep the bias float
                 else:
                     bs = (aq.scale * wqp.scale).float()
-                    v = torch.round(b / bs) * bs
+                    v = (int32_bias(b, bs) * bs.double()).float()
         elif kind == "c":  # a constant quantized like an activation: its own range, the activation grid
             c = self._float_weight(key[1])
             a = self.scheme.act
@@ -504,6 +520,9 @@ class Simulator:
                 out.update(self.prog.consumers.get(w, ()))
         for w in self.weight_overrides:
             out.update(self.prog.consumers.get(w, ()))
+        # a node run as an integer kernel in one plan and in float in the other (its output is
+        # requantized only where every reader quantizes it) computes other values from the same inputs
+        out.update(set(self.plan_kernels(a)) ^ set(self.plan_kernels(b)))
         return out
 
     # ------------------------------------------------------------------ running
@@ -524,6 +543,243 @@ class Simulator:
         w.update({name: self._weight(k) for name, k in plan.weights.items()})
         return w
 
+    # ------------------------------------------------------------------ the engine's integer kernels
+    def _read_quantized(self, plan: SimPlan, t: str) -> bool:
+        """Every reader of ``t`` (and the graph output, if it is one) reads it through Q/DQ."""
+        prog = self.prog
+        reads = [plan.edges.get((c, p)) for c in prog.consumers.get(t, ()) for p, x in enumerate(prog.nodes[c].inputs) if x == t]
+        if t in prog.outputs:
+            reads.append(plan.outputs.get(t))
+        return bool(reads) and all(k is not None and k[0] == "q" for k in reads)
+
+    def _quantized_output(self, plan: SimPlan, layer: Layer) -> str | None:
+        """The tensor whose grid the engine requantizes ``layer``'s output onto (QLinearConv,
+        QGemm, QLinearMatMul): its own output, or that of the ReLU/Clip ORT fuses into it; None
+        when the output stays float (then ORT runs the op in float on dequantized inputs)."""
+        prog = self.prog
+        t = layer.output
+        if self._read_quantized(plan, t):
+            return t
+        cons = prog.consumers.get(t, ())
+        if len(cons) == 1 and t not in prog.outputs and prog.nodes[cons[0]].op in ("Relu", "Clip"):
+            o = prog.nodes[cons[0]].outputs[0]
+            if self._read_quantized(plan, o):
+                return o
+        return None
+
+    def _const_qparams(self, name: str) -> QParams:
+        """A constant quantized like an activation (its own range), as ``_weight``'s "c" key."""
+        c = self._float_weight(name)
+        a = self.scheme.act
+        qr = QRange.for_bits(a.bits, a.symmetric)
+        s, z = compute_scale_zp(c.min(), c.max(), qr, a.symmetric)
+        return QParams(s, z, qr)
+
+    def _add_kernel(self, plan: SimPlan, layer: Layer):
+        """ONNX Runtime's QLinearAdd (uint8) as MLAS runs it on x86 (AVX2, float multiply with
+        FMA): r_a = fp32(s_a / s_c), r_b = fp32(s_b / s_c), c₀ = fp32(z_c − fma(r_a, z_a, fp32(r_b·z_b))),
+        q_c = clamp(rne(fma(q_a, r_a, fma(q_b, r_b, c₀)))) on the raw q_a, q_b (zero points
+        folded into c₀). Against (â + b̂)/s_c the cancellation in c₀ moves values like −1.49999
+        steps across the rounding boundary (measured: tiny_lm's residual adds). A constant
+        input (a bias) is on its own grid, as ``_weight``'s "c" key."""
+        prog = self.prog
+        node = prog.nodes[layer.node]
+        if node.op != "Add" or len(node.inputs) != 2:
+            return None
+        qps = []
+        for pos, t in enumerate(node.inputs):
+            k = plan.edges.get((layer.node, pos))
+            if k is not None and k[0] == "q":
+                qp = self.act_qparams(t)
+            elif (plan.weights.get(t) or (None,))[0] == "c":
+                qp = self._const_qparams(t)
+            else:
+                return None
+            if qp is None or qp.scale.dim() or (qp.qrange.qmin, qp.qrange.qmax) != (0, 255):
+                return None
+            qps.append(qp)
+        y_t = self._quantized_output(plan, layer)
+        yq = self.act_qparams(y_t) if y_t else None
+        if yq is None or yq.scale.dim() or (yq.qrange.qmin, yq.qrange.qmax) != (0, 255):
+            return None
+        sa, sb, sc = (q.scale.float() for q in (*qps, yq))
+        za, zb, zc = (float(q.zero_point) for q in (*qps, yq))
+        ra, rb = float((sa / sc).float()), float((sb / sc).float())
+
+        def f32(v):
+            return v.float().double() if isinstance(v, torch.Tensor) else float(torch.tensor(v, dtype=torch.float64).float())
+
+        # an fma rounds once: the float64 product of a float32 and an 8-bit integer is exact
+        c0 = f32(zc - f32(ra * za + f32(rb * zb)))
+
+        def run(args, attrs):
+            a = torch.round(args[0].double() / float(sa)) + za
+            b = torch.round(args[1].double() / float(sb)) + zb
+            y = f32(a * ra + f32(b * rb + c0))
+            out = (torch.clamp(torch.round(y), 0.0, 255.0) - zc).float() * sc
+            # an infinite input (a −inf attention mask read unquantized by a partial run) has no
+            # integer: the float sum stands there, as before
+            return torch.where(torch.isfinite(out), out, args[0] + args[1])
+
+        return run
+
+    def _softmax_kernel(self, plan: SimPlan, i: int):
+        """ONNX Runtime's QLinearSoftmax (uint8), which ORT fuses from DQ → Softmax → Q: a table
+        e[k] = fp32(exp((k − 255 + β)·s_x)), k = q − max(q) + 255 along the axis, β = max(0,
+        ln(FLT_MAX / D) − 5) / s_x; Σ = the float32 sum of the row's e, in order; and
+        q_y = min(255, rne(fp32(e · ⌊1 / s_y⌋) / Σ) + z_y). The ⌊1 / s_y⌋ (254 where 1/s_y is
+        254.99…) and the float32 table make it differ from softmax-then-quantize by one step
+        on a fraction of the outputs."""
+        node = self.prog.nodes[i]
+        if plan.edges.get((i, 0), (None,))[0] != "q" or not self._read_quantized(plan, node.outputs[0]):
+            return None
+        xq, yq = self.act_qparams(node.inputs[0]), self.act_qparams(node.outputs[0])
+        if xq is None or yq is None or xq.scale.dim() or yq.scale.dim():
+            return None
+        if (xq.qrange.qmin, xq.qrange.qmax, yq.qrange.qmin, yq.qrange.qmax) != (0, 255, 0, 255):
+            return None
+        axis = int(node.attrs.get("axis", -1))
+        sx, sy, zy, zx = xq.scale.float(), yq.scale.float(), float(yq.zero_point), float(xq.zero_point)
+        inv = torch.floor(torch.tensor(1.0, dtype=torch.float32) / sy)
+        flt_max = float(torch.finfo(torch.float32).max)
+
+        def run(args, attrs):
+            # q − z_x along ``axis``, as the interpreter's Softmax; NaN quantizes to q = 0, as MLAS's
+            q = torch.clamp(torch.nan_to_num(torch.round(args[0] / sx), nan=-zx), -zx, 255.0 - zx).movedim(axis, -1)
+            d = q.shape[-1]
+            fmax_over_d = float(torch.tensor(flt_max, dtype=torch.float32) / d)  # a float division in ORT
+            beta = max(0.0, math.log(fmax_over_d) - 5.0) / float(sx)
+            # libm's exp, as ORT's std::exp (torch's vectorized exp may differ in the last bit)
+            table = torch.tensor([math.exp((k - 255 + beta) * float(sx)) for k in range(256)], dtype=torch.float64).float()
+            e = table[(q - q.amax(-1, keepdim=True) + 255).long()]
+            total = torch.zeros(e.shape[:-1], dtype=torch.float32)
+            for j in range(d):  # ORT adds the row in order, in float32
+                total = total + e[..., j]
+            qy = torch.clamp(torch.round((e * inv) / total.unsqueeze(-1)) + zy, max=255.0)
+            return ((qy - zy) * sy).movedim(-1, axis)
+
+        return run
+
+    def _integer_kernel(self, plan: SimPlan, layer: Layer):
+        """``layer``'s op as ONNX Runtime's int8 kernel computes it, or None where the simulation's
+        float arithmetic is already the engine's. With integers x̄ = q_x − z_x, w̄ = q_w, b̄ = round(b / (s_x·s_w)):
+
+            acc = Σ x̄·w̄ + b̄                       exact (float32 sums of < 2²⁴ / (255·max|w̄|) terms, added in float64)
+            q_y = clamp(rne(fp32(acc) · M) + z_y),  M = fp32(fp32(s_x · s_w) / s_y)   (MlasRequantizeOutput)
+
+        and the value handed on is (q_y − z_y)·s_y before the clamp, which the output edge's
+        fake quantization reproduces exactly. Float32 accumulation instead of int32 and a
+        division by s_y instead of the multiplier M flip a few outputs by one step per layer,
+        and through depth those flips grow into the simulated-vs-engine gap."""
+        prog = self.prog
+        node = prog.nodes[layer.node]
+        if node.op not in ("Conv", "Gemm", "MatMul") or len(layer.act_inputs) != 1 or len(layer.weights) != 1 or layer.consts:
+            return None
+        if node.op == "Gemm" and (node.attrs.get("transA", 0) or node.attrs.get("alpha", 1.0) != 1.0 or node.attrs.get("beta", 1.0) != 1.0):
+            return None
+        x_pos, x_t = layer.act_inputs[0]
+        w_pos, w_name = layer.weights[0]
+        if plan.edges.get((layer.node, x_pos), (None,))[0] != "q" or (plan.weights.get(w_name) or (None,))[0] != "w":
+            return None
+        b_pos, b_name = layer.bias if layer.bias else (None, None)
+        if b_name is not None and (plan.weights.get(b_name) or (None,))[0] != "b":
+            return None
+        y_t = self._quantized_output(plan, layer)
+        xq, yq = self.act_qparams(x_t), (self.act_qparams(y_t) if y_t else None)
+        if xq is None or yq is None or xq.scale.dim() or yq.scale.dim():
+            return None
+        wq = self.weight_qparams(w_name, plan.weights[w_name][2])
+        if wq.group is not None:
+            return None
+        w = self._weight(plan.weights[w_name])
+        if w.dim() != (2 if node.op != "Conv" else w.dim()):
+            return None
+        # per-channel scales must lie along the output channel: Conv [N, M, ...] dim 1, Gemm/MatMul [..., N] last
+        if wq.scale.dim() == 1 and wq.scale.numel() > 1:
+            along_n = wq.axis == 0 if node.op == "Conv" else wq.axis == (0 if node.attrs.get("transB", 0) else 1)
+            if not along_n:
+                return None
+        sx, sy = xq.scale.float(), yq.scale.float()
+        sw = wq.scale.float().reshape(-1)
+        s, _ = broadcast_qparams(wq, w)
+        w_int = torch.round(w / s)
+        # x̄·w̄ products are integers ≤ 255·128, so float32 sums are exact while K·255·128 < 2²⁴:
+        # the reduction is split into chunks that short (float32 kernels), chunk sums added in float64
+        group = int(node.attrs.get("group", 1)) if node.op == "Conv" else 1
+        k_axis_w = 1 if node.op == "Conv" or (node.op == "Gemm" and node.attrs.get("transB", 0)) else 0
+        k_axis_x = 1 if node.op == "Conv" else -1
+        k = w[0].numel() if node.op == "Conv" else int(w.shape[k_axis_w])
+        per_k = w[0, 0].numel() if node.op == "Conv" else 1  # kernel positions per input channel
+        terms = 2**24 // (255 * max(1, int(w_int.abs().max())))
+        step = max(1, terms // per_k)
+        if k <= terms:
+            chunks = [None]
+        elif group == 1 and per_k <= terms:
+            chunks = [slice(c, c + step) for c in range(0, int(w.shape[k_axis_w]), step)]
+        else:
+            chunks = []  # float64 in one go
+        w_int = w_int.to(torch.float32 if chunks else torch.float64)
+        b_int = None
+        if b_name is not None:
+            b_int = int32_bias(self._float_weight(b_name), (sx * sw).float())
+        m = ((sx * sw).float() / sy).float()
+        op = get_op(node.op, node.name)
+
+        def shaped(v: torch.Tensor, nd: int) -> torch.Tensor:
+            if v.numel() == 1:
+                return v.reshape(())
+            return v.reshape([1, -1] + [1] * (nd - 2)) if node.op == "Conv" else v.reshape(-1)
+
+        def run(args, attrs):
+            args = list(args)
+            x_int = torch.round(args[x_pos] / sx)
+            if b_pos is not None and b_pos < len(args):
+                args[b_pos] = None
+            if not chunks:
+                args[x_pos], args[w_pos] = x_int.double(), w_int
+                acc = op(args, attrs).double()
+            else:
+                acc = None
+                for c in chunks:
+                    args[x_pos] = x_int if c is None else x_int.narrow(k_axis_x % x_int.dim(), c.start, min(c.stop, x_int.shape[k_axis_x]) - c.start)
+                    args[w_pos] = w_int if c is None else w_int.narrow(k_axis_w, c.start, min(c.stop, w_int.shape[k_axis_w]) - c.start)
+                    part = op(args, attrs).double()
+                    acc = part if acc is None else acc + part
+            if b_int is not None:
+                acc = acc + shaped(b_int, acc.dim())
+            n = torch.round(acc.float() * shaped(m, acc.dim()))
+            return n * sy
+
+        return run
+
+    def integer_kernels(self, plan: SimPlan) -> dict[int, object]:
+        """Node index → the engine's integer arithmetic for the plan's int8 Conv/Gemm/MatMul and
+        Add layers and the Softmax nodes ORT runs as QLinearSoftmax."""
+        if not self.engine_arithmetic:
+            return {}
+        out = {}
+        for l in self.qg.layers:
+            if not self.is_static(plan.config, l) or self.weight_bits(plan.config, l) != 8:
+                continue
+            op = self.prog.nodes[l.node].op
+            fn = self._integer_kernel(plan, l) if op in ("Conv", "Gemm", "MatMul") else self._add_kernel(plan, l) if op == "Add" else None
+            if fn is not None:
+                out[l.node] = fn
+        for i, n in enumerate(self.prog.nodes):
+            if n.op == "Softmax" and i not in out:
+                fn = self._softmax_kernel(plan, i)
+                if fn is not None:
+                    out[i] = fn
+        return out
+
+    def plan_kernels(self, plan: SimPlan) -> dict[int, object]:
+        """``integer_kernels(plan)``, made once per plan and simulator state."""
+        key = (id(self), self.engine_arithmetic, tuple(sorted(self.overrides.items())), tuple(sorted(self.weight_overrides)),
+               tuple(sorted(self.weight_qparams_override)))  # fmt: skip
+        if plan.kernels is None or plan.kernels[0] != key:
+            plan.kernels = (key, self.integer_kernels(plan))
+        return plan.kernels[1]
+
     def run(
         self,
         feeds: Mapping[str, torch.Tensor],
@@ -540,7 +796,7 @@ class Simulator:
             k = edges.get((i, pos))
             return v if k is None else self._apply(k, v, nodes_[i].inputs[pos])
 
-        out = self.prog.run(feeds, env=env, nodes=nodes, edge=edge, weights=self.weights_for(plan), keep=keep)
+        out = self.prog.run(feeds, env=env, nodes=nodes, edge=edge, weights=self.weights_for(plan), keep=keep, ops=self.plan_kernels(plan))
         for t, k in plan.outputs.items():
             if t in out:
                 out[t] = self._apply(k, out[t], t)

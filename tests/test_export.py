@@ -57,6 +57,7 @@ def test_export_cli_writes_contract(run_cli, tmp_path):
     d = json.loads((tmp_path / "e" / "export.json").read_text())
     for k in EXPORT_FIELDS:
         assert k in d
+    assert d["output_sqnr_db"]["sim_vs_engine"] > d["output_sqnr_db"]["engine_vs_fp32"]
     assert {"model_fp32.onnx", "model_int8.onnx", "export.json", "config.json"} <= {p.name for p in (tmp_path / "e").iterdir()}
     assert "INT8 engine" in out and "metric" in out
     cfg = json.loads((tmp_path / "e" / "config.json").read_text())
@@ -128,3 +129,17 @@ def test_profile_attributes_time_to_module_names(tmp_path):
     per_layer = attribute_to_layers(times, qg)
     for name in ["conv1.conv", "conv2.conv", "conv3.conv", "fc"]:
         assert per_layer.get(name, 0) > 0, per_layer
+
+
+@pytest.mark.parametrize("name, margin", [("digits_resnet", 10), ("digits_vit", 25)])
+def test_simulation_error_is_well_below_quantization_error(tmp_path, name, margin):
+    """The simulation predicts the engine only if its own error (simulated vs engine outputs)
+    lies well below the quantization error it predicts (engine vs FP32): ≥ 10 dB apart (digits_vit:
+    11.4 dB with float arithmetic, 34.7 dB with QLinearSoftmax / QLinearAdd modelled)."""
+    rep = export(cached_workload(f"sample:{name}"), Config(), tmp_path, repeats=3, tune_ort=False)
+    q = json.loads(json.dumps(rep.to_dict()))["output_sqnr_db"]
+    assert set(q) == {"sim_vs_engine", "engine_vs_fp32", "sim_vs_fp32", "margin_db"}
+    assert q["engine_vs_fp32"] < 60  # the quantization error is real: the margin is not trivially met
+    assert q["margin_db"] == pytest.approx(q["sim_vs_engine"] - q["engine_vs_fp32"])
+    assert q["margin_db"] >= margin, q
+    assert "output SQNR: simulated vs engine" in rep.table()
