@@ -106,7 +106,10 @@ def _overrides(sim, plan, s8_activations: bool = False) -> dict[str, list[dict[s
     128, the same grid: s·(q − z) = s·((q − 128) − (z − 128))."""
     a = sim.scheme.act
     out: dict[str, list[dict[str, Any]]] = {}
-    owners = set(sim.qg.act_owner.values())
+    # every tensor that shares an owner's grid, not only the owners: with some layers float or
+    # weight-only, ORT may quantize a tensor (a Transpose's output) whose owner it leaves float,
+    # and without an override it would take its own calibrated range, not the simulation's
+    owners = set(sim.qg.act_owner.values()) | set(sim.qg.act_owner)
     shift = 128 if s8_activations and not a.symmetric else 0
     for t in sorted(owners):
         qp = sim.act_qparams(t)
