@@ -416,7 +416,7 @@ def _export_show(result, args: argparse.Namespace) -> None:
     rep, config = result
     print(rep.table())
     if rep.int8_latency_ms >= rep.fp32_latency_ms and not config.layers:
-        print(f"warning: this INT8 engine ({rep.int8_latency_ms:.3f} ms) is not faster than FP32 ({rep.fp32_latency_ms:.3f} ms); "
+        print(f"warning: this {rep.mode.upper()} engine ({rep.int8_latency_ms:.3f} ms) is not faster than FP32 ({rep.fp32_latency_ms:.3f} ms); "
               f"`qanalysis search {args.model} --objective latency --max-drop 1` looks for a faster mixed-precision config",
               file=sys.stderr)  # fmt: skip
 
