@@ -23,6 +23,7 @@ import onnx
 import torch
 from onnx import helper
 
+from . import memory
 from . import metrics as M
 from .baseline import engine_peak_memory, first_sample, time_calls
 from .engine import (build_dynamic_engine, build_fp16_engine, build_int8_engine, build_weight_only_engine, fp16_layers,
@@ -111,13 +112,15 @@ class ExportReport:
         return "\n".join(lines)
 
 
-def _metric(wl: Workload, fn) -> tuple[float, torch.Tensor]:
-    outs = torch.cat([fn(x) for x, _ in wl.evaluation])
+def _metric(wl: Workload, fn, sim: Simulator) -> tuple[float, torch.Tensor]:
+    """``fn``'s outputs on the evaluation data, in chunks that fit the memory budget at one float
+    run's live tensors per sample (whole batches when they fit), scored once."""
+    outs = torch.cat([fn(x) for x in memory.chunks(wl.evaluation, lambda x: sim.footprint(x).float_live)])
     return wl.score(outs), outs
 
 
 def _simulated(wl: Workload, sim: Simulator, plan: SimPlan) -> float:
-    return wl.score(sim.outputs(wl.evaluation, plan))
+    return wl.score(sim.outputs(wl.evaluation, plan))  # chunked by the budget (Simulator.outputs)
 
 
 def layer_checks(wl: Workload, sim: Simulator, plan: SimPlan, engine_path: Path, n_batches: int = 2) -> list[LayerCheck]:
@@ -125,7 +128,13 @@ def layer_checks(wl: Workload, sim: Simulator, plan: SimPlan, engine_path: Path,
     inputs to that layer* (so a difference is the layer's, not inherited from upstream).
 
     Every tensor the engine dequantizes is exposed as an extra output of a debug copy; the
-    simulator re-runs only the layer's node (and a ReLU fused into it) on those inputs."""
+    simulator re-runs only the layer's node (and a ReLU fused into it) on those inputs.
+
+    Memory: the simulated run keeps only the tensors the layers' re-runs read, and each batch
+    runs in chunks that fit the memory budget (``memory.chunks``) at what one sample holds at
+    once: the engine's exposed tensors and its arena, the kept tensors, one simulated run's live
+    tensors. Whole batches when they fit (the numbers of an unchunked run); the sums over chunks
+    add up to those of the whole batch up to float rounding."""
     qg = sim.qg
     prog = qg.program
     m = onnx.load(str(engine_path))
@@ -156,12 +165,19 @@ def layer_checks(wl: Workload, sim: Simulator, plan: SimPlan, engine_path: Path,
                 targets.append((l.name, t, nodes))
                 break
     acc: dict[str, list] = defaultdict(lambda: [0.0, 0.0, 0.0, 0, 0])  # sig, noise, max steps, n off, n
+    read = set().union(*(_inputs_of(prog, nodes) for _, _, nodes in targets)) - set(prog.initializers)
+
+    def per_sample(x) -> int:
+        fp = sim.footprint(x)
+        return fp.kept(dq_of) + fp.float_live + fp.kept(read) + fp.live
+
     with torch.inference_mode():
-        for x, _ in wl.evaluation[:n_batches]:
+        for x in memory.chunks(wl.evaluation[:n_batches], per_sample):
             feeds = {i.name: t.numpy() for i, t in zip(sess.get_inputs(), x)}
             res = dict(zip(out_names, sess.run(None, feeds)))
-            env = sim.run(dict(zip(qg.input_names, x)), plan, keep=True)
+            env = sim.run(dict(zip(qg.input_names, x)), plan, keep=read)
             engine_env = {t: torch.from_numpy(res[d]).float() for t, d in dq_of.items() if d in res}
+            del res
             for layer, t, nodes in targets:
                 qp = sim.act_qparams(t)
                 if qp is None or t not in engine_env:
@@ -284,9 +300,9 @@ def export(
     say("verifying: FP32 (PyTorch, ONNX), simulated and engine metrics")
     fp32_sess, eng_sess = session(fp32_path), session(eng_path)
     with torch.inference_mode():
-        torch_metric, _ = _metric(wl, lambda x: run_model(wl.model, x))
-    onnx_metric, _ = _metric(wl, lambda x: run_session(fp32_sess, x))
-    engine_metric, _ = _metric(wl, lambda x: run_session(eng_sess, x))
+        torch_metric, _ = _metric(wl, lambda x: run_model(wl.model, x), sim)
+    onnx_metric, _ = _metric(wl, lambda x: run_session(fp32_sess, x), sim)
+    engine_metric, _ = _metric(wl, lambda x: run_session(eng_sess, x), sim)
     sim_metric = _simulated(wl, sim, plan)
     checks: list[LayerCheck] = []
     if mode == "int8" and check_layers and (build is not None):
