@@ -20,7 +20,7 @@ import re
 import resource
 import sys
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Mapping
 
 import torch
@@ -122,6 +122,7 @@ class Footprint:
     sizes: dict[str, int]
     live: int
     float_live: int = 0
+    dims: dict[str, int] = field(default_factory=dict)  # each computed tensor's rank
 
     @property
     def largest(self) -> int:
@@ -168,7 +169,7 @@ def footprint(program: Program, feeds1: Mapping[str, torch.Tensor]) -> Footprint
         for t in set(n.inputs):
             if t in size and last.get(t) == n.index and t not in outs and t not in feeds1:
                 live -= size[t]
-    return Footprint(size, peak_q, peak)
+    return Footprint(size, peak_q, peak, {k: v.dim() for k, v in env.items() if isinstance(v, torch.Tensor)})
 
 
 def _rss_now() -> int:
