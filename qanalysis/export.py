@@ -310,10 +310,12 @@ def export(
     del fp32_sess, eng_sess
     memory.release(0)
     sim_metric = _simulated(wl, sim, plan)
+    memory.release(0)
     checks: list[LayerCheck] = []
     if mode == "int8" and check_layers and (build is not None):
         say("comparing the engine's layer outputs with the simulation")
         checks = layer_checks(wl, sim, plan, eng_path)
+    memory.release(0)  # the checks' freed tensors, before the timing sessions allocate theirs
     timings["verification"] = time.perf_counter() - t
 
     t = time.perf_counter()
