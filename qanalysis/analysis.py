@@ -292,6 +292,7 @@ class Analysis:
             "memory_budget_bytes": self.sens.memory_budget,
             "sensitivity_bytes_per_sample": self.sens.bytes_per_sample,
             "sensitivity_chunk_samples": self.sens.chunk_samples,
+            "sensitivity_kept_output_bytes": self.sens.kept_output_bytes,
             # the process' peak so far (ru_maxrss): everything the run did, the baseline's engines included
             "peak_rss_bytes": peak_rss_bytes(),
             "proxy_rank_correlation": self.sens.proxy_correlation,

@@ -67,6 +67,11 @@ def _signal(t: torch.Tensor) -> torch.Tensor:
     return t if bool(keep.all()) else t[keep]
 
 
+# An observer's temporaries, in float32 copies of the tensor it observes: ``_Acc.first`` holds a
+# float64 copy and a float64 power of it at once (4) and the |t| < MASK_ABS mask (1 byte per value).
+OBSERVER_COPIES = 5
+
+
 class _Acc:
     def __init__(self) -> None:
         self.min = math.inf
@@ -143,7 +148,7 @@ def collect_stats(
 
     def chunks(b: Inputs) -> list[dict[str, torch.Tensor]]:
         fp = footprints(b)
-        size = chunk_size(fp.kept(unread) + fp.live, int(b[0].shape[0]))
+        size = chunk_size(fp.kept(unread) + fp.float_live + OBSERVER_COPIES * fp.largest, int(b[0].shape[0]))
         return [dict(zip(program.inputs, c)) for c in split(b, size)]
 
     def observe(feeds: dict[str, torch.Tensor], fn: Callable[[_Acc, torch.Tensor], None]) -> None:

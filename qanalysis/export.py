@@ -23,6 +23,7 @@ import onnx
 import torch
 from onnx import helper
 
+from . import memory
 from . import metrics as M
 from .baseline import engine_peak_memory, first_sample, time_calls
 from .engine import (build_dynamic_engine, build_fp16_engine, build_int8_engine, build_weight_only_engine, fp16_layers,
@@ -138,13 +139,15 @@ def _fmt_opts(d: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v}" for k, v in d.items())
 
 
-def _metric(wl: Workload, fn) -> tuple[float, torch.Tensor]:
-    outs = torch.cat([fn(x) for x, _ in wl.evaluation])
+def _metric(wl: Workload, fn, sim: Simulator) -> tuple[float, torch.Tensor]:
+    """``fn``'s outputs on the evaluation data, in chunks that fit the memory budget at one float
+    run's live tensors per sample (whole batches when they fit), scored once."""
+    outs = torch.cat([fn(x) for x in memory.chunks(wl.evaluation, lambda x: sim.footprint(x).float_live)])
     return wl.score(outs), outs
 
 
 def _simulated(wl: Workload, sim: Simulator, plan: SimPlan) -> tuple[float, torch.Tensor]:
-    outs = sim.outputs(wl.evaluation, plan)
+    outs = sim.outputs(wl.evaluation, plan)  # chunked by the budget (Simulator.outputs)
     return wl.score(outs), outs
 
 
@@ -163,7 +166,13 @@ def layer_checks(wl: Workload, sim: Simulator, plan: SimPlan, engine_path: Path,
     inputs to that layer* (so a difference is the layer's, not inherited from upstream).
 
     Every tensor the engine dequantizes is exposed as an extra output of a debug copy; the
-    simulator re-runs only the layer's node (and a ReLU fused into it) on those inputs."""
+    simulator re-runs only the layer's node (and a ReLU fused into it) on those inputs.
+
+    Memory: the simulated run keeps only the tensors the layers' re-runs read, and each batch
+    runs in chunks that fit the memory budget (``memory.chunks``) at what one sample holds at
+    once: the engine's exposed tensors and its arena, the kept tensors, one simulated run's live
+    tensors. Whole batches when they fit (the numbers of an unchunked run); the sums over chunks
+    add up to those of the whole batch up to float rounding."""
     qg = sim.qg
     prog = qg.program
     m = onnx.load(str(engine_path))
@@ -186,7 +195,7 @@ def layer_checks(wl: Workload, sim: Simulator, plan: SimPlan, engine_path: Path,
     tmp = engine_path.with_name(f".{engine_path.name}.debug-{os.getpid()}.onnx")
     try:
         save_model(m, tmp)
-        sess = session(tmp)
+        sess = session(tmp, arena=False)
     finally:
         tmp.unlink(missing_ok=True)
         tmp.with_name(tmp.name + ".data").unlink(missing_ok=True)
@@ -210,13 +219,23 @@ def layer_checks(wl: Workload, sim: Simulator, plan: SimPlan, engine_path: Path,
                 targets.append((l.name, t, nodes))
                 break
     acc: dict[str, list] = defaultdict(lambda: [0.0, 0.0, 0.0, 0, 0])  # sig, noise, max steps, n off, n
+    read = set().union(*(_inputs_of(prog, nodes) for _, _, nodes in targets)) - set(prog.initializers)
+
+    def per_sample(x) -> int:
+        fp = sim.footprint(x)
+        # the engine's exposed tensors twice (ONNX Runtime's buffers and the arrays it hands back;
+        # counted once, efficientnet_b0's layer checks peaked at 6.7 GB resident under a 2 GiB
+        # budget), its own live tensors, the kept ones, one simulated run
+        return 2 * fp.kept(dq_of) + fp.float_live + fp.kept(read) + fp.live
+
     with torch.inference_mode():
-        for x, _ in wl.evaluation[:n_batches]:
+        for x in memory.chunks(wl.evaluation[:n_batches], per_sample):
             feeds = {i.name: t.numpy() for i, t in zip(sess.get_inputs(), x)}
             res = dict(zip(out_names, sess.run(None, feeds)))
-            env = sim.run(dict(zip(qg.input_names, x)), plan, keep=True)
+            env = sim.run(dict(zip(qg.input_names, x)), plan, keep=read)
             engine_env = {t: torch.from_numpy(res[d]).float() for t, d in dq_of.items() if d in res}
             engine_env.update({t: torch.from_numpy(res[t]).float() for t in wo_inputs if t in res})
+            del res
             for layer, t, nodes in targets:
                 qp = sim.act_qparams(t)
                 if qp is None or t not in engine_env:
@@ -364,21 +383,28 @@ def export(
 
     t = time.perf_counter()
     say("verifying: FP32 (PyTorch, ONNX), simulated and engine metrics")
-    fp32_sess, eng_sess = session(fp32_path, options=fp32_opts), session(eng_path, options=eng_opts)
     with torch.inference_mode():
-        torch_metric, _ = _metric(wl, lambda x: run_model(wl.model, x))
-    onnx_metric, fp32_outs = _metric(wl, lambda x: run_session(fp32_sess, x))
-    engine_metric, engine_outs = _metric(wl, lambda x: run_session(eng_sess, x))
+        torch_metric, _ = _metric(wl, lambda x: run_model(wl.model, x), sim)
+    # sessions without an arena score the data (an arena would hold a batch's tensors to the end)
+    fp32_sess = session(fp32_path, options=fp32_opts, arena=False)
+    eng_sess = session(eng_path, options=eng_opts, arena=False)
+    onnx_metric, fp32_outs = _metric(wl, lambda x: run_session(fp32_sess, x), sim)
+    engine_metric, engine_outs = _metric(wl, lambda x: run_session(eng_sess, x), sim)
+    del fp32_sess, eng_sess
+    memory.release(0)
     sim_metric, sim_outs = _simulated(wl, sim, plan)
+    memory.release(0)
     out_sqnr = output_sqnr(fp32_outs, engine_outs, sim_outs)
     checks: list[LayerCheck] = []
     if mode == "int8" and check_layers and (build is not None):
         say("comparing the engine's layer outputs with the simulation")
         checks = layer_checks(wl, sim, plan, eng_path)
+    memory.release(0)  # the checks' freed tensors, before the timing sessions allocate theirs
     timings["verification"] = time.perf_counter() - t
 
     t = time.perf_counter()
     say("timing FP32 and engine (batch 1 and a full batch)")
+    fp32_sess, eng_sess = session(fp32_path, options=fp32_opts), session(eng_path, options=eng_opts)
     xb = wl.evaluation[0][0]
     x1 = first_sample(xb)
     nb = int(xb[0].shape[0])

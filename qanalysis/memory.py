@@ -20,8 +20,8 @@ import re
 import resource
 import sys
 from contextvars import ContextVar
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Mapping
 
 import torch
 
@@ -90,6 +90,18 @@ def split(x: tuple[torch.Tensor, ...], size: int) -> list[tuple[torch.Tensor, ..
     return [tuple(t[i : i + size] for t in x) for i in range(0, n, size)]
 
 
+def chunks(
+    batches: Iterable[tuple[tuple[torch.Tensor, ...], object]],
+    per_sample: Callable[[tuple[torch.Tensor, ...]], float],
+    budget: int | None = None,
+) -> Iterator[tuple[torch.Tensor, ...]]:
+    """The inputs of evaluation batches ``[(inputs, targets), …]`` as chunks that fit ``budget``
+    (default: the run's) at ``per_sample(inputs)`` bytes per sample (e.g. ``Footprints(...)(x).live``).
+    A batch that fits comes whole, so a run over the chunks is the unchunked run."""
+    for x, _ in batches:
+        yield from split(x, chunk_size(per_sample(x), int(x[0].shape[0]), budget))
+
+
 def peak_rss_bytes() -> int:
     """The peak resident memory of this process so far (ru_maxrss: KiB on Linux, bytes on macOS)."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -99,10 +111,23 @@ def peak_rss_bytes() -> int:
 @dataclass(frozen=True)
 class Footprint:
     """What one sample costs in a run of a graph: each computed tensor's bytes (``sizes``) and the
-    peak bytes live at once when every tensor is freed after its last reader (``live``)."""
+    peak bytes live at once when every tensor is freed after its last reader (``live``).
+
+    ``live`` counts a simulated run's fake-quantization too: the simulator hands a node a
+    fake-quantized copy of each quantized input (``simulate.fake_quant``: one new tensor of the
+    input's size, computed in place), held while the node runs beside its inputs and outputs.
+    Every activation input of the node is counted as quantized, an upper bound; ``float_live``
+    is the float run's peak without those copies."""
 
     sizes: dict[str, int]
     live: int
+    float_live: int = 0
+    dims: dict[str, int] = field(default_factory=dict)  # each computed tensor's rank
+
+    @property
+    def largest(self) -> int:
+        """Bytes per sample of the largest computed tensor (what a temporary copy of one costs)."""
+        return max(self.sizes.values(), default=0)
 
     def kept(self, names: Iterable[str]) -> int:
         """Bytes per sample of keeping ``names`` for a whole run."""
@@ -135,14 +160,16 @@ def footprint(program: Program, feeds1: Mapping[str, torch.Tensor]) -> Footprint
         for t in n.inputs:
             if t in size:
                 last[t] = n.index
-    live = peak = sum(size.get(t, 0) for t in feeds1)
+    live = peak = peak_q = sum(size.get(t, 0) for t in feeds1)
     for n in program.nodes:
         live += sum(size.get(t, 0) for t in n.outputs if t)
         peak = max(peak, live)
+        # the fake-quantized copies of the node's activation inputs live while it runs
+        peak_q = max(peak_q, live + sum(size.get(t, 0) for t in set(n.inputs) if t))
         for t in set(n.inputs):
             if t in size and last.get(t) == n.index and t not in outs and t not in feeds1:
                 live -= size[t]
-    return Footprint(size, peak)
+    return Footprint(size, peak_q, peak, {k: v.dim() for k, v in env.items() if isinstance(v, torch.Tensor)})
 
 
 def _rss_now() -> int:

@@ -117,6 +117,7 @@ class SensitivityResult:
     memory_budget: int = 0  # bytes of tensors the run was allowed to hold
     bytes_per_sample: int = 0  # kept FP32 + kept quantized + one run's live tensors, per sample
     chunk_samples: int = 0  # samples per chunk the budget allows (a batch of more is split)
+    kept_output_bytes: int = 0  # the model outputs kept to the end, counted against the budget first
 
     @property
     def drop(self) -> float:
@@ -246,7 +247,9 @@ def analyze_layers(
     Memory: the FP32 and fully quantized runs hold only what later steps read (``Schedule``),
     and each evaluation batch runs in chunks of as many samples as fit ``memory_budget``
     (default: the run's, ``memory.current_budget()``) at what one sample costs: both runs'
-    held tensors at the worst step plus one run's live tensors, measured on one sample. When
+    held tensors at the worst step plus one run's live tensors (fake-quantized copies
+    included), measured on one sample; the model outputs kept to the end are counted against the
+    budget first (``kept_outputs``), so the budget bounds everything the run holds. When
     the whole batch fits, the chunk is the batch and the numbers are exactly those of an
     unchunked run; smaller chunks can change float rounding in the last bits (kernels depend
     on the batch size: tests/test_memory.py)."""
@@ -308,13 +311,25 @@ def analyze_layers(
                 acc_w[l.name].add(prog.initializers[w].float(), sim._weight(key))
     n_batches = len(wl.evaluation)
     chunks_run = 0
+
+    def kept_outputs(fpr: memory.Footprint) -> int:
+        """Bytes of the model outputs kept to the end (FP32, fully quantized, each layer's two
+        runs; float16 for sequence outputs) on the whole evaluation set: the chunks' tensors get
+        what the budget leaves. They grow with the data (efficientnet_b0, 221 layers, 1000
+        classes: 1.8 MB per sample); what the chunks hold does not."""
+        out = fpr.sizes.get(out_name, 0)
+        half = fpr.dims.get(out_name, 0) >= 3  # _keep: float16 copies (upper bound: some stay float32)
+        return wl.n_eval * (2 * out + 2 * len(layers) * (out // 2 if half else out))
+    chunk_budget, kept_bytes = budget, 0
     memory.release(0)  # what earlier steps freed (the baseline's engines, calibration)
     with torch.inference_mode():
         for bi, (xb, _) in enumerate(wl.evaluation):
             fpr = footprints(xb)
             # held at once: both runs' held tensors at the worst step, plus one run's live tensors
             per_sample = max(per_sample, max(f + q for f, q in zip(sched_fp.bytes(fpr.sizes), sched_q.bytes(fpr.sizes))) + fpr.live)
-            size = memory.chunk_size(per_sample, int(xb[0].shape[0]), budget)
+            kept_bytes = kept_outputs(fpr)
+            chunk_budget = max(0, budget - kept_bytes)
+            size = memory.chunk_size(per_sample, int(xb[0].shape[0]), chunk_budget)
             for x in memory.split(xb, size):
                 chunks_run += 1
                 nodes_run += _sensitivity_chunk(
@@ -373,7 +388,8 @@ def analyze_layers(
         seconds=time.perf_counter() - t0,
         memory_budget=budget,
         bytes_per_sample=per_sample,
-        chunk_samples=memory.chunk_size(per_sample, 2**62, budget),
+        chunk_samples=memory.chunk_size(per_sample, 2**62, chunk_budget),
+        kept_output_bytes=kept_bytes,
     )
     res.proxy_correlation = proxy_correlation(rows)
     return res

@@ -31,6 +31,7 @@ from typing import Hashable, Mapping
 
 import torch
 
+from . import memory
 from .calibrate import TensorStats, calibration_range
 from .graph import Layer, QuantGraph
 from .ops import get_op
@@ -51,8 +52,12 @@ def broadcast_qparams(qp: QParams, x: torch.Tensor) -> tuple[torch.Tensor, torch
 def fake_quant(x: torch.Tensor, qp: QParams) -> torch.Tensor:
     """x̂ = s · (clamp(round(x / s) + z, qmin, qmax) − z); round half to even, as ONNX Runtime."""
     s, z = broadcast_qparams(qp, x)
-    q = torch.clamp(torch.round(x / s) + z, qp.qrange.qmin, qp.qrange.qmax)
-    return (q - z) * s
+    if torch.is_grad_enabled() and (x.requires_grad or s.requires_grad):
+        q = torch.clamp(torch.round(x / s) + z, qp.qrange.qmin, qp.qrange.qmax)
+        return (q - z) * s
+    # the same operations in place on one new tensor: a copy of x, not five (memory.Footprint)
+    q = x / s
+    return q.round_().add_(z).clamp_(qp.qrange.qmin, qp.qrange.qmax).sub_(z).mul_(s)
 
 
 def quantize_weight(w: torch.Tensor, spec: WeightSpec, axis: int | None, bits: int) -> tuple[torch.Tensor, QParams]:
@@ -231,8 +236,12 @@ def dynamic_fake_quant(x: torch.Tensor, bits: int, symmetric: bool) -> torch.Ten
     flat = x.reshape(x.shape[0], -1)
     s, z = compute_scale_zp(flat.amin(1), flat.amax(1), qr, symmetric)
     shape = [-1] + [1] * (x.dim() - 1)
-    q = torch.clamp(torch.round(x / s.reshape(shape)) + z.reshape(shape).to(x.dtype), qr.qmin, qr.qmax)
-    return (q - z.reshape(shape).to(x.dtype)) * s.reshape(shape)
+    s, z = s.reshape(shape), z.reshape(shape).to(x.dtype)
+    if torch.is_grad_enabled() and x.requires_grad:
+        q = torch.clamp(torch.round(x / s) + z, qr.qmin, qr.qmax)
+        return (q - z) * s
+    q = x / s  # in place on one new tensor, as fake_quant
+    return q.round_().add_(z).clamp_(qr.qmin, qr.qmax).sub_(z).mul_(s)
 
 
 @dataclass
@@ -809,4 +818,11 @@ class Simulator:
     def outputs(self, batches, plan: SimPlan) -> torch.Tensor:
         """Model outputs on evaluation batches ``[(inputs, targets), …]`` under ``plan``, concatenated."""
         with torch.inference_mode():
-            return torch.cat([self.output(self.run(dict(zip(self.qg.input_names, x)), plan)) for x, _ in batches])
+            chunks = memory.chunks(batches, lambda x: self.footprint(x).live)
+            return torch.cat([self.output(self.run(dict(zip(self.qg.input_names, x)), plan)) for x in chunks])
+
+    def footprint(self, x: tuple[torch.Tensor, ...]) -> memory.Footprint:
+        """What one sample of inputs shaped like ``x`` costs in a run (measured once per shape)."""
+        if getattr(self, "_footprints", None) is None:
+            self._footprints = memory.Footprints(self.prog, self.qg.input_names)
+        return self._footprints(x)

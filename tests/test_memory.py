@@ -83,7 +83,8 @@ def test_chunked_sensitivity_is_exactly_the_run_on_smaller_batches(source):
     fp = memory.footprint(a.qgraph.program, dict(zip(a.qgraph.input_names, (t[:1] for t in wl.evaluation[0][0]))))
     if source == "sample:digits_vit":
         assert whole.bytes_per_sample < 0.5 * sum(fp.sizes.values())
-    chunked = analyze_layers(wl, a.sim, Config(), memory_budget=8 * whole.bytes_per_sample)
+    assert 0 < whole.kept_output_bytes < 0.1 * memory.DEFAULT_BUDGET
+    chunked = analyze_layers(wl, a.sim, Config(), memory_budget=8 * whole.bytes_per_sample + whole.kept_output_bytes)
     assert chunked.chunk_samples == 8
     small = analyze_layers(_rebatched(wl, 8), a.sim, Config())
     pd.testing.assert_frame_equal(chunked.to_frame(), small.to_frame(), check_exact=True)
@@ -185,3 +186,74 @@ def test_cli_refuses_bad_bounds_in_one_line(run_cli, tmp_path, cmd, flags, words
     assert code == 2
     assert err.startswith("error:") and err.count("\n") == 1 and words in err
     assert not (tmp_path / "o").exists()
+
+
+def test_export_layer_checks_and_evaluations_are_chunked_by_the_budget(tmp_path, monkeypatch):
+    """export's full-batch passes hold chunks that fit the budget, not whole batches: under a
+    budget of one sample's bytes, layer_checks and the simulated evaluation run in chunks of
+    one sample (more chunks than batches) and give the whole-batch numbers."""
+    from qanalysis.engine import build_int8_engine
+    from qanalysis.export import _metric, layer_checks
+
+    a = cached_analysis("sample:digits_cnn")
+    wl, sim = cached_workload("sample:digits_cnn"), a.sim
+    plan = sim.plan(Config())
+    path = tmp_path / "model_int8.onnx"
+    build_int8_engine(a.qgraph, sim, plan, path, wl.calibration[0])
+    sizes: list[int] = []
+    real_split = memory.split
+
+    def counting_split(x, size):
+        parts = real_split(x, size)
+        sizes.extend(int(p[0].shape[0]) for p in parts)
+        return parts
+
+    monkeypatch.setattr(memory, "split", counting_split)
+    whole = layer_checks(wl, sim, plan, path)
+    whole_sim = sim.outputs(wl.evaluation, plan)
+    whole_fp = _metric(wl, lambda x: sim.output(sim.run(dict(zip(a.qgraph.input_names, x)), sim.fp32_plan())), sim)[1]
+    n_batches, n_samples = len(wl.evaluation[:2]), sum(int(x[0].shape[0]) for x, _ in wl.evaluation[:2])
+    assert sizes[:n_batches] == [int(x[0].shape[0]) for x, _ in wl.evaluation[:2]]  # the default budget: whole batches
+    sizes.clear()
+    one = sim.footprint(wl.evaluation[0][0]).live  # less than what layer_checks holds per sample
+    with memory.memory_budget(one):
+        small = layer_checks(wl, sim, plan, path)
+        assert sizes == [1] * n_samples
+        sizes.clear()
+        small_sim = sim.outputs(wl.evaluation, plan)
+        assert len(sizes) > len(wl.evaluation) and max(sizes) < int(wl.evaluation[0][0][0].shape[0])
+        small_fp = _metric(wl, lambda x: sim.output(sim.run(dict(zip(a.qgraph.input_names, x)), sim.fp32_plan())), sim)[1]
+    assert [(c.layer, c.tensor, c.agrees) for c in small] == [(c.layer, c.tensor, c.agrees) for c in whole] and whole
+    for s, w in zip(small, whole):  # per-chunk sums: float rounding of kernels on smaller batches at most
+        assert s.sqnr_db == pytest.approx(w.sqnr_db, rel=1e-6, abs=1e-6)
+        assert s.max_err_steps == pytest.approx(w.max_err_steps, abs=1e-3)
+        assert s.frac_off_by_more_than_1 == pytest.approx(w.frac_off_by_more_than_1, abs=1e-12)
+    torch.testing.assert_close(small_sim, whole_sim, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(small_fp, whole_fp, rtol=1e-5, atol=1e-5)
+    assert wl.score(small_sim) == wl.score(whole_sim)
+
+
+def test_fake_quant_in_place_is_the_formula_and_footprint_counts_its_copies():
+    """fake_quant computes in place on one copy; the values are the formula's to the bit, with
+    or without autograd; a simulated run's live bytes count each node's fake-quantized inputs."""
+    from qanalysis.scheme import QParams, QRange
+    from qanalysis.simulate import dynamic_fake_quant, fake_quant
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 3, 5, 5, generator=g) * 3
+    qr = QRange.for_bits(8, False)
+    qp = QParams(torch.tensor([0.02, 0.05, 0.1]), torch.tensor([128, 120, 3]), qr, axis=1)
+    s, z = qp.scale.reshape(1, -1, 1, 1), qp.zero_point.reshape(1, -1, 1, 1).float()
+    want = (torch.clamp(torch.round(x / s) + z, qr.qmin, qr.qmax) - z) * s
+    with torch.inference_mode():
+        assert torch.equal(fake_quant(x, qp), want)
+    xg = x.clone().requires_grad_(True)
+    assert torch.equal(fake_quant(xg, qp).detach(), want)
+    before = x.clone()
+    with torch.inference_mode():
+        d = dynamic_fake_quant(x, 8, False)
+    assert torch.equal(x, before) and torch.equal(dynamic_fake_quant(x.clone().requires_grad_(True), 8, False).detach(), d)
+    wl = cached_workload("sample:digits_cnn")
+    qg = cached_analysis("sample:digits_cnn").qgraph
+    fp = memory.footprint(qg.program, dict(zip(qg.input_names, (t[:1] for t in wl.evaluation[0][0]))))
+    assert fp.float_live < fp.live <= fp.float_live + 2 * fp.largest
