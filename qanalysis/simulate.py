@@ -274,6 +274,9 @@ class Simulator:
         self.prog = qg.program
         self._act: dict[tuple, QParams | None] = {}
         self._w: dict[Hashable, torch.Tensor] = {}
+        # integer weights of the integer kernels, shared by every plan that quantizes a weight the
+        # same way (per plan, sensitivity's 2 × layers plans held layers × weights: efficientnet GBs)
+        self._wint: dict[tuple, tuple[torch.Tensor, torch.Tensor, list | None]] = {}
         self._wqp: dict[tuple, QParams] = {}
         self.overrides: dict[str, tuple[float, float]] = {}  # tensor → forced [rmin, rmax]
         self.weight_overrides: dict[str, torch.Tensor] = {}  # initializer → replaced float value
@@ -710,8 +713,12 @@ class Simulator:
                 return None
         sx, sy = xq.scale.float(), yq.scale.float()
         sw = wq.scale.float().reshape(-1)
-        s, _ = broadcast_qparams(wq, w)
-        w_int = torch.round(w / s)
+        cached = self._wint.get((w_name, plan.weights[w_name]))
+        if cached is not None and cached[0] is w:
+            w_int = cached[1]
+        else:
+            s, _ = broadcast_qparams(wq, w)
+            w_int = torch.round(w / s)
         # x̄·w̄ products are integers ≤ 255·128, so float32 sums are exact while K·255·128 < 2²⁴:
         # the reduction is split into chunks that short (float32 kernels), chunk sums added in float64
         group = int(node.attrs.get("group", 1)) if node.op == "Conv" else 1
@@ -727,7 +734,9 @@ class Simulator:
             chunks = [slice(c, c + step) for c in range(0, int(w.shape[k_axis_w]), step)]
         else:
             chunks = []  # float64 in one go
-        w_int = w_int.to(torch.float32 if chunks else torch.float64)
+        if cached is None or cached[0] is not w:
+            w_int = w_int.to(torch.float32 if chunks else torch.float64)
+            self._wint[(w_name, plan.weights[w_name])] = (w, w_int, None)
         b_int = None
         if b_name is not None:
             b_int = int32_bias(self._float_weight(b_name), (sx * sw).float())
