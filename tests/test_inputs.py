@@ -45,7 +45,7 @@ def _config(tmp_path, text):
         ({"scheme": {"weights": [8]}}, "scheme.weights must be a JSON object, got an array"),
         ({"layers": False}, "config 'layers' must be an object mapping layer names to precisions, got false"),
         ({"layers": ["net.fc1"]}, "config 'layers' must be an object"),
-        ({"layers": {"net.fc1": 8}}, "precision must be one of int8, int4, w8, w4, fp16, fp32, got 8 (a number)"),
+        ({"layers": {"net.fc1": 8}}, "precision must be one of int8, int4, w8, w4, fp16, fp32 (weight-only with a group size: w4g128, w8g32, ...), got 8 (a number)"),
         ({"fixes": 0}, "config 'fixes' must be a list of fix names, got 0 (a number)"),
         ({"fixes": "cle"}, "config 'fixes' must be a list of fix names, got 'cle'"),
         ({"fixes": [1]}, "config 'fixes' must be a list of fix names"),
