@@ -645,6 +645,12 @@ class Simulator:
         node = self.prog.nodes[i]
         if plan.edges.get((i, 0), (None,))[0] != "q" or not self._read_quantized(plan, node.outputs[0]):
             return None
+        producer = self.prog.producer.get(node.inputs[0])
+        if producer is not None and self.prog.nodes[producer].op == "Add":
+            # an additive attention mask (Hugging Face BERT: scores + finfo.min): the engine's outputs
+            # differ from this table by more than a step there (not understood yet); float softmax
+            # then quantize is what they were checked against before
+            return None
         xq, yq = self.act_qparams(node.inputs[0]), self.act_qparams(node.outputs[0])
         if xq is None or yq is None or xq.scale.dim() or yq.scale.dim():
             return None

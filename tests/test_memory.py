@@ -131,7 +131,9 @@ def test_chunked_calibration_is_exactly_calibration_on_smaller_batches():
     assert chunked.keys() == small.keys()
     for t, s in small.items():
         u = chunked[t]
-        assert (s.min, s.max, s.count, s.mean, s.std, s.kurtosis) == (u.min, u.max, u.count, u.mean, u.std, u.kurtosis)
+        assert (s.min, s.max, s.count) == (u.min, u.max, u.count)
+        # moments are float sums: the observers' in-place temporaries may reorder the last bits
+        assert (s.mean, s.std, s.kurtosis) == pytest.approx((u.mean, u.std, u.kurtosis), rel=1e-12, abs=1e-15)
         assert torch.equal(s.channel_absmax, u.channel_absmax) and torch.equal(s.hist, u.hist)
 
 

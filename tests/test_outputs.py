@@ -182,8 +182,11 @@ def test_out_is_a_file(run_cli, tmp_path):
 
 def _start(args: list[str], cwd: Path) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+    # SIGINT as a terminal delivers it: a suite started in the background (`make test &`) would
+    # hand the child an ignored SIGINT, and Python then never raises KeyboardInterrupt
     return subprocess.Popen([sys.executable, "-m", "qanalysis", *args], cwd=cwd, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
 
 
 def _signal_after(p: subprocess.Popen, needle: str, sig: int, timeout: float = 240) -> tuple[str, str]:
