@@ -66,6 +66,7 @@ class Program:
         init_names = set(self.initializers)
         self.inputs = [i.name for i in g.input if i.name not in init_names]
         self.outputs = [o.name for o in g.output]
+        self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 17)
         self.nodes: list[Node] = []
         for n in g.node:
             if n.op_type == "Constant":

@@ -201,6 +201,29 @@ def block_quantize(w_kn: torch.Tensor, bits: int, block: int, symmetric: bool, q
     return BlockQuant(q, s, z, bits, block, symmetric)
 
 
+# Float ops whose ONNX Runtime CPU kernels reduce or approximate in their own order (vectorized
+# LayerNormalization, MLAS's erf polynomial): the simulation runs them through ORT itself.
+ORT_FLOAT_OPS = ("LayerNormalization", "Erf")
+
+
+def _one_node_session(prog, n):
+    """A one-node ONNX Runtime session of node ``n`` (inputs in0, in1, … as float tensors of any shape)."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    ins = [f"in{k}" if t else "" for k, t in enumerate(n.inputs)]
+    attrs = {k: v for k, v in n.attrs.items() if not isinstance(v, torch.Tensor)}
+    node = helper.make_node(n.op, ins, [f"out{k}" for k in range(len(n.outputs))][:1], **attrs)
+    g = helper.make_graph([node], "one", [helper.make_tensor_value_info(x, TensorProto.FLOAT, None) for x in ins if x],
+                          [helper.make_tensor_value_info("out0", TensorProto.FLOAT, None)])  # fmt: skip
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", prog.opset)])
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    so.intra_op_num_threads = 1
+    return ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
+
+
 def weight_only_layout(qg: QuantGraph, layer: Layer) -> str | None:
     """How a layer's weight reads as MatMulNBits' W[K, N]: "kn" (MatMul x·W, Gemm transB=0),
     "nk" (Gemm transB=1: W stored [N, K]), or None when ORT has no weight-only kernel for it
@@ -283,6 +306,7 @@ class Simulator:
         self.weight_qparams_override: dict[str, QParams] = {}  # initializer → exact (s, z) (AdaRound, GPTQ)
         self._layout: dict[int, str | None] = {}
         self._bq: dict[tuple[str, int, int], BlockQuant] = {}  # (weight, bits, block)
+        self._ortk: dict[int, object] = {}  # node → one-node ORT session (_ort_float_kernel)
         layer_nodes = set(qg.by_node)
         self._origin: dict[str, Layer | None] = {}
         self._reach: dict[int, tuple[set[int], bool]] = {}
@@ -635,6 +659,79 @@ class Simulator:
 
         return run
 
+    def _input_qparams(self, plan: SimPlan, layer: Layer) -> list[QParams] | None:
+        """Both inputs' grids of a two-input layer (an activation read through Q/DQ, or a constant
+        on its own grid), uint8 per-tensor; None where an input is read in float."""
+        node = self.prog.nodes[layer.node]
+        if len(node.inputs) != 2:
+            return None
+        qps = []
+        for pos, t in enumerate(node.inputs):
+            k = plan.edges.get((layer.node, pos))
+            if k is not None and k[0] == "q":
+                qp = self.act_qparams(t)
+            elif (plan.weights.get(t) or (None,))[0] == "c":
+                qp = self._const_qparams(t)
+            else:
+                return None
+            if qp is None or qp.scale.dim() or (qp.qrange.qmin, qp.qrange.qmax) != (0, 255):
+                return None
+            qps.append(qp)
+        return qps
+
+    def _mul_kernel(self, plan: SimPlan, layer: Layer):
+        """ONNX Runtime's QLinearMul (uint8) as MLAS runs it on x86 (SSE2): the integer product
+        p = (q_a − z_a)·(q_b − z_b) (exact), r = fp32(fp32(s_a·s_b) / s_c),
+        q_c = clamp(rne(fp32(fp32(p·r) + z_c))) — a multiply and an add, no FMA. Against
+        â·b̂ / s_c the float product rounds elsewhere and flips outputs lying near a rounding
+        boundary by one step (tiny_lm's attention scale and GELU halves)."""
+        qps = self._input_qparams(plan, layer)
+        y_t = self._quantized_output(plan, layer)
+        yq = self.act_qparams(y_t) if (qps and y_t) else None
+        if yq is None or yq.scale.dim() or (yq.qrange.qmin, yq.qrange.qmax) != (0, 255):
+            return None
+        sa, sb, sc = (q.scale.float() for q in (*qps, yq))
+        zc = float(yq.zero_point)
+        r = ((sa * sb).float() / sc).float()
+
+        def run(args, attrs):
+            p = torch.round(args[0].double() / float(sa)) * torch.round(args[1].double() / float(sb))
+            y = (p.float() * r).float() + zc
+            out = (torch.clamp(torch.round(y.float()), 0.0, 255.0) - zc).float() * sc
+            return torch.where(torch.isfinite(out), out, args[0] * args[1])
+
+        return run
+
+    def _matmul2_kernel(self, plan: SimPlan, layer: Layer):
+        """A MatMul of two quantized activations (attention's q·kᵀ and softmax·v) as ORT runs it:
+        the integer products summed exactly, then QLinearMatMul's requantization
+        q = rne(fp32(acc)·fp32(fp32(s_a·s_b)/s_y)) where the output is quantized, else
+        MatMulIntegerToFloat's y = fp32(acc)·fp32(s_a·s_b) — not a float32 sum of â·b̂."""
+        node = self.prog.nodes[layer.node]
+        if node.op != "MatMul" or layer.weights or len(layer.act_inputs) != 2:
+            return None
+        qps = self._input_qparams(plan, layer)
+        if qps is None:
+            return None
+        y_t = self._quantized_output(plan, layer)
+        yq = self.act_qparams(y_t) if y_t else None
+        if yq is not None and yq.scale.dim():
+            return None
+        sa, sb = (q.scale.float() for q in qps)
+        sab = (sa * sb).float()
+        m = (sab / yq.scale.float()).float() if yq is not None else None
+        sy = yq.scale.float() if yq is not None else None
+
+        def run(args, attrs):
+            a = torch.round(args[0].double() / float(sa))
+            b = torch.round(args[1].double() / float(sb))
+            acc = torch.matmul(a, b).float()  # integers: float64 sums are exact, then as ORT's float
+            if m is None:
+                return acc * sab
+            return torch.round(acc * m) * sy
+
+        return run
+
     def _softmax_kernel(self, plan: SimPlan, i: int):
         """ONNX Runtime's QLinearSoftmax (uint8), which ORT fuses from DQ → Softmax → Q: a table
         e[k] = fp32(exp((k − 255 + β)·s_x)), k = q − max(q) + 255 along the axis, β = max(0,
@@ -786,7 +883,12 @@ class Simulator:
             if not self.is_static(plan.config, l) or self.weight_bits(plan.config, l) != 8:
                 continue
             op = self.prog.nodes[l.node].op
-            fn = self._integer_kernel(plan, l) if op in ("Conv", "Gemm", "MatMul") else self._add_kernel(plan, l) if op == "Add" else None
+            if op == "MatMul" and not l.weights:
+                fn = self._matmul2_kernel(plan, l)
+            elif op in ("Conv", "Gemm", "MatMul"):
+                fn = self._integer_kernel(plan, l)
+            else:
+                fn = {"Add": self._add_kernel, "Mul": self._mul_kernel}.get(op, lambda *_: None)(plan, l)
             if fn is not None:
                 out[l.node] = fn
         for i, n in enumerate(self.prog.nodes):
@@ -794,7 +896,27 @@ class Simulator:
                 fn = self._softmax_kernel(plan, i)
                 if fn is not None:
                     out[i] = fn
+            elif n.op in ORT_FLOAT_OPS and i not in out:
+                out[i] = self._ort_float_kernel(i)
         return out
+
+    def _ort_float_kernel(self, i: int):
+        """Node ``i`` (a float op ORT computes in its own order: ``ORT_FLOAT_OPS``) run by ONNX
+        Runtime itself in a one-node session, so the float values the engine quantizes next are
+        the engine's to the last bit; float32 inference only (autograd and other dtypes: torch)."""
+        n = self.prog.nodes[i]
+        if i not in self._ortk:
+            self._ortk[i] = _one_node_session(self.prog, n)
+        sess = self._ortk[i]
+        fallback = get_op(n.op, n.name)
+
+        def run(args, attrs):
+            if any(a is not None and (a.dtype != torch.float32 or a.requires_grad) for a in args):
+                return fallback(args, attrs)
+            feeds = {f"in{k}": a.detach().contiguous().numpy() for k, a in enumerate(args) if a is not None}
+            return torch.from_numpy(sess.run(None, feeds)[0])
+
+        return run
 
     def plan_kernels(self, plan: SimPlan) -> dict[int, object]:
         """``integer_kernels(plan)``, made once per plan and simulator state."""

@@ -148,9 +148,10 @@ def test_tiny_lm_search_over_formats_then_export(run_cli, tmp_path):
     assert e["layer_checks"] and not e["disagreements"]  # every static layer, given the engine's own inputs
     assert e["simulated_metric"] == pytest.approx(chosen["metric"], rel=1e-9)  # the search's verdict is the export's simulation
     # every quantized tensor on the simulation's grid (the engine once took ORT's own range for a
-    # Transpose whose owner stayed float: 35 dB); what remains is MatMulNBits' float32 summation order
-    assert e["engine_metric"] == pytest.approx(e["simulated_metric"], rel=5e-4)
-    assert e["output_sqnr_db"]["margin_db"] >= 10.0
+    # Transpose whose owner stayed float: 35 dB); QLinearMul, the integer attention MatMuls and
+    # ORT's own LayerNormalization / Erf took sim vs engine from 56.4 to 65.7 dB (5.68891 vs 5.68893)
+    assert e["engine_metric"] == pytest.approx(e["simulated_metric"], rel=2e-5)
+    assert e["output_sqnr_db"]["margin_db"] >= 30.0
     # the cost model's size is conservative: the engine is no larger than predicted, and close to it
     assert e["int8_size_bytes"] < int8["size_bytes"] and 0.85 * chosen["size_bytes"] <= e["int8_size_bytes"] <= chosen["size_bytes"]
 
