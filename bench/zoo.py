@@ -106,6 +106,8 @@ def run_model(arch: str, data: Path, work: Path, timeout: float, threads: int, e
         fp32_ms=x.get("fp32_latency_ms"), int8_ms=x.get("int8_latency_ms"),
         speedup=(x["fp32_latency_ms"] / x["int8_latency_ms"]) if x.get("int8_latency_ms") else None,
         fp32_mb=(x.get("fp32_size_bytes") or 0) / 1e6, int8_mb=(x.get("int8_size_bytes") or 0) / 1e6,
+        sim_vs_engine_db=(x.get("output_sqnr_db") or {}).get("sim_vs_engine"),
+        margin_db=(x.get("output_sqnr_db") or {}).get("margin_db"),
     )  # fmt: skip
     shutil.rmtree(d / "export", ignore_errors=True)  # engines are large; the JSON is in the row
     return row
@@ -113,7 +115,7 @@ def run_model(arch: str, data: Path, work: Path, timeout: float, threads: int, e
 
 def markdown(rows: list[dict]) -> str:
     cols = ["model", "analyze_ok", "export_ok", "analyze_s", "analyze_peak_mb", "export_peak_mb", "drop",
-            "engine_minus_sim", "speedup", "fp32_mb", "int8_mb", "error"]  # fmt: skip
+            "engine_minus_sim", "sim_vs_engine_db", "margin_db", "speedup", "fp32_mb", "int8_mb", "error"]  # fmt: skip
 
     def fmt(v):
         if isinstance(v, bool):
