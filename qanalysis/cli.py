@@ -18,6 +18,7 @@ stderr; results go to files in ``--out``.
 from __future__ import annotations
 
 import argparse
+import resource
 import signal
 import sys
 import time
@@ -50,12 +51,22 @@ def _count(text: str) -> int:
     return n
 
 
+def _rss_gb() -> float:
+    """This process's resident memory now, in GB (0 where /proc is not there)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * resource.getpagesize() / 1e9
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
 def _progress(quiet: bool):
     t0 = time.perf_counter()
 
     def say(msg: str) -> None:
+        # elapsed time and resident memory now: which phase costs what, as the run goes
         if not quiet:
-            print(f"[{time.perf_counter() - t0:6.1f}s] {msg}", file=sys.stderr, flush=True)
+            print(f"[{time.perf_counter() - t0:6.1f}s {_rss_gb():5.2f} GB] {msg}", file=sys.stderr, flush=True)
 
     return say
 
@@ -477,7 +488,9 @@ def _main(argv: Sequence[str] | None) -> int:
             for n in list_samples():
                 print(n)
             return 0
-        from .memory import memory_budget
+        from .memory import memory_budget, return_large_frees
+
+        return_large_frees()
 
         commands = {"validate": _validate, "diff": _diff, "experiment": _experiment}
         with memory_budget(getattr(args, "memory_budget", None)):

@@ -852,24 +852,35 @@ class Simulator:
             return v.reshape([1, -1] + [1] * (nd - 2)) if node.op == "Conv" else v.reshape(-1)
 
         def run(args, attrs):
+            # in place where it can be: the temporaries are a float64 copy of the input and the
+            # float64 accumulator, what ``memory.footprint`` counts for an integer kernel
             args = list(args)
-            x_int = torch.round(args[x_pos] / sx)
+            x_int = (args[x_pos] / sx).round_()
             if b_pos is not None and b_pos < len(args):
                 args[b_pos] = None
             if not chunks:
                 args[x_pos], args[w_pos] = x_int.double(), w_int
+                del x_int
                 acc = op(args, attrs).double()
+                args[x_pos] = None
             else:
                 acc = None
                 for c in chunks:
                     args[x_pos] = x_int if c is None else x_int.narrow(k_axis_x % x_int.dim(), c.start, min(c.stop, x_int.shape[k_axis_x]) - c.start)
                     args[w_pos] = w_int if c is None else w_int.narrow(k_axis_w, c.start, min(c.stop, w_int.shape[k_axis_w]) - c.start)
-                    part = op(args, attrs).double()
-                    acc = part if acc is None else acc + part
+                    part = op(args, attrs)
+                    if acc is None:
+                        acc = part.double()
+                    else:
+                        acc += part
+                    del part
+                del x_int
+                args[x_pos] = None
             if b_int is not None:
-                acc = acc + shaped(b_int, acc.dim())
-            n = torch.round(acc.float() * shaped(m, acc.dim()))
-            return n * sy
+                acc += shaped(b_int, acc.dim())
+            n = acc.float()
+            del acc
+            return n.mul_(shaped(m, n.dim())).round_().mul_(sy)
 
         return run
 
