@@ -47,11 +47,9 @@ from pages._state import (
 )
 from pages._widgets import favicon
 from qanalysis.errors import QAnalysisError
-from qanalysis.memory import return_large_frees
 from qanalysis.scheme import CALIBRATIONS
 from qanalysis.workload import list_samples
 
-return_large_frees()  # freed tensors go back to the OS (a dashboard process lives long)
 st.set_page_config(page_title="qanalysis", page_icon=favicon(), layout="wide")
 
 st.session_state[ROUTED] = True

@@ -8,7 +8,7 @@ When a whole batch fits (the bundled samples under the default budget) nothing i
 the numbers are exactly those of an unchunked run.
 
 The budget is a setting of the run, like ``torch.set_num_threads``: ``with memory_budget(n):``
-sets it for everything called inside (CLI commands, a dashboard run); the default is 2 GiB.
+sets it for everything called inside (CLI commands, a dashboard run); the default is 1 GiB.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import math
 import re
 import resource
 import sys
@@ -30,7 +31,11 @@ from .errors import ConfigError
 if TYPE_CHECKING:
     from .interpreter import Program
 
-DEFAULT_BUDGET = 2 * 1024**3
+# 1 GiB of tensors: the process itself already holds ~0.8 GB of libraries (the CUDA build of torch
+# maps ~0.45 GB of them at import) plus the model and the loaded data (512 ImageNet-size images:
+# 1.3 GB in all), and a chunk's real peak runs ~1.2× what the footprint counts; at 2 GiB
+# efficientnet_b0's export on 512 images peaked at 3.8 GB, at 1 GiB under 3 GB
+DEFAULT_BUDGET = 1024**3
 
 # ops the simulation may run as the engine's integer kernels (float64 temporaries, see footprint)
 INTEGER_KERNEL_OPS = ("Conv", "Gemm", "MatMul")
@@ -102,7 +107,9 @@ def chunks(
     (default: the run's) at ``per_sample(inputs)`` bytes per sample (e.g. ``Footprints(...)(x).live``).
     A batch that fits comes whole, so a run over the chunks is the unchunked run."""
     for x, _ in batches:
-        yield from split(x, chunk_size(per_sample(x), int(x[0].shape[0]), budget))
+        for c in split(x, chunk_size(per_sample(x), int(x[0].shape[0]), budget)):
+            yield c
+            release()  # the chunk's freed tensors, before the next one allocates its own
 
 
 def peak_rss_bytes() -> int:
@@ -173,11 +180,26 @@ def footprint(program: Program, feeds1: Mapping[str, torch.Tensor]) -> Footprint
         # at 3× the live tensors counted without them)
         ins = sum(size.get(t, 0) for t in set(n.inputs) if t)
         kernel = 2 * (size.get(n.inputs[0], 0) + sum(size.get(t, 0) for t in n.outputs if t)) if n.op in INTEGER_KERNEL_OPS else 0
+        if n.op == "Conv":
+            kernel += _im2col_bytes(program, n, env)
         peak_q = max(peak_q, live + ins + kernel)
         for t in set(n.inputs):
             if t in size and last.get(t) == n.index and t not in outs and t not in feeds1:
                 live -= size[t]
     return Footprint(size, peak_q, peak, {k: v.dim() for k, v in env.items() if isinstance(v, torch.Tensor)})
+
+
+def _im2col_bytes(program: Program, n, env: Mapping[str, torch.Tensor]) -> int:
+    """The float64 im2col buffer torch's CPU convolution builds for an integer kernel's float64
+    conv (no oneDNN path for float64): C_in·k_h·k_w × the output positions, 8 bytes each, per
+    sample. Uncounted, efficientnet_b0's simulated chunks (depthwise 3×3 at 112×112: 29 MB a
+    sample) ran at 1.5× the budget."""
+    w = program.initializers.get(n.inputs[1]) if len(n.inputs) > 1 else None
+    x = env.get(n.inputs[0])
+    y = env.get(n.outputs[0])
+    if w is None or x is None or y is None or x.dim() < 3:
+        return 0
+    return 8 * int(x.shape[1]) * math.prod(int(k) for k in w.shape[2:]) * math.prod(int(d) for d in y.shape[2:])
 
 
 def _rss_now() -> int:
@@ -196,26 +218,6 @@ if sys.platform.startswith("linux"):
     except (OSError, AttributeError):
         _LIBC = None
 _last_trim = 0
-
-
-# glibc mallopt parameter: allocations of at least this many bytes are mmapped (M_MMAP_THRESHOLD)
-_M_MMAP_THRESHOLD = -3
-MMAP_THRESHOLD = 1024**2
-
-
-def return_large_frees(threshold: int = MMAP_THRESHOLD) -> bool:
-    """Have glibc serve allocations of ``threshold`` bytes and more by ``mmap``, so that a freed
-    tensor goes back to the OS at once (``mallopt(M_MMAP_THRESHOLD)``; glibc otherwise raises its
-    threshold to 32 MB after the first such free and serves activations from its heap, where the
-    freed ones stay resident, fragmented: efficientnet_b0's simulated run of 8 images left
-    0.35 GB resident, 0.08 GB with this). A process-wide setting, made by the CLI and the
-    dashboard (the processes qanalysis owns), not on import. False where there is no glibc."""
-    if _LIBC is None:
-        return False
-    try:
-        return bool(_LIBC.mallopt(_M_MMAP_THRESHOLD, int(threshold)))
-    except AttributeError:
-        return False
 
 
 def release(min_growth: int = 256 * 1024**2) -> None:

@@ -59,7 +59,10 @@ def test_footprint_counts_kept_and_live_bytes():
     assert 0 < fp.float_live <= everything
     # a quantized run adds, at one node at a time, a fake-quantized input copy and an integer
     # kernel's float64 input and accumulator
+    with torch.inference_mode():
+        env = qg.program.run(dict(zip(qg.input_names, (t[:1] for t in wl.evaluation[0][0]))), keep=True)
     kernel = max(2 * (fp.sizes.get(n.inputs[0], 0) + fp.sizes.get(n.outputs[0], 0))
+                 + (memory._im2col_bytes(qg.program, n, env) if n.op == "Conv" else 0)
                  for n in qg.program.nodes if n.op in memory.INTEGER_KERNEL_OPS)  # fmt: skip
     assert fp.float_live < fp.live <= everything + kernel
     assert fp.kept(qg.program.outputs) == fp.sizes[qg.program.outputs[0]]
@@ -263,5 +266,9 @@ def test_fake_quant_in_place_is_the_formula_and_footprint_counts_its_copies():
     wl = cached_workload("sample:digits_cnn")
     qg = cached_analysis("sample:digits_cnn").qgraph
     fp = memory.footprint(qg.program, dict(zip(qg.input_names, (t[:1] for t in wl.evaluation[0][0]))))
-    # each node's fake-quantized input copies, and an integer kernel's float64 input and accumulator
-    assert fp.float_live < fp.live <= fp.float_live + 2 * fp.largest + 4 * fp.largest
+    # each node's fake-quantized input copies, and an integer kernel's float64 input, accumulator
+    # and (a conv) im2col buffer
+    with torch.inference_mode():
+        env = qg.program.run(dict(zip(qg.input_names, (t[:1] for t in wl.evaluation[0][0]))), keep=True)
+    im2col = max(memory._im2col_bytes(qg.program, n, env) for n in qg.program.nodes if n.op == "Conv")
+    assert fp.float_live < fp.live <= fp.float_live + 2 * fp.largest + 4 * fp.largest + im2col
