@@ -424,7 +424,11 @@ def with_metric(wl: Workload, metric: Metric) -> Workload:
         return replace(wl, evaluate=top5_accuracy, metric_name="top-5 accuracy (%)", task="classification",
                        higher_is_better=True)
     # .clone(): a normal tensor, not an inference-mode one (targets may meet autograd in a loss)
-    evaluation = [(x, _forward(wl.model, x, f"evaluation batch {i}").argmax(dim=1).clone()) for i, (x, _) in enumerate(wl.evaluation)]
+    top1 = [_forward(wl.model, x, f"evaluation batch {i}").argmax(dim=1).clone() for i, (x, _) in enumerate(wl.evaluation)]
+    if isinstance(wl.evaluation, ImageBatches):
+        evaluation = wl.evaluation.with_targets(top1)  # still pixels
+    else:
+        evaluation = [(x, t) for (x, _), t in zip(wl.evaluation, top1)]
     warnings = list(wl.warnings)
     if wl.class_names and len(wl.class_names) != n_out:
         warnings.append(
@@ -780,6 +784,11 @@ class ImageBatches(collections.abc.Sequence):
             out.append((u8, t) if k <= left else (u8[:left], t[:left]))
             left -= k
         return ImageBatches(out, self._mean.flatten(), self._std.flatten(), self._layout, self._targets)
+
+    def with_targets(self, targets: list[torch.Tensor]) -> "ImageBatches":
+        """The same pixels with other targets (one tensor per batch)."""
+        pixels = [(u8, t) for (u8, _), t in zip(self._pixels, targets, strict=True)]
+        return ImageBatches(pixels, self._mean.flatten(), self._std.flatten(), self._layout, self._targets)
 
     @property
     def nbytes(self) -> int:
