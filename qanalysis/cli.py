@@ -18,7 +18,6 @@ stderr; results go to files in ``--out``.
 from __future__ import annotations
 
 import argparse
-import resource
 import signal
 import sys
 import time
@@ -51,22 +50,15 @@ def _count(text: str) -> int:
     return n
 
 
-def _rss_gb() -> float:
-    """This process's resident memory now, in GB (0 where /proc is not there)."""
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * resource.getpagesize() / 1e9
-    except (OSError, ValueError, IndexError):
-        return 0.0
-
-
 def _progress(quiet: bool):
     t0 = time.perf_counter()
 
     def say(msg: str) -> None:
         # elapsed time and resident memory now: which phase costs what, as the run goes
         if not quiet:
-            print(f"[{time.perf_counter() - t0:6.1f}s {_rss_gb():5.2f} GB] {msg}", file=sys.stderr, flush=True)
+            from .memory import rss_now
+
+            print(f"[{time.perf_counter() - t0:6.1f}s {rss_now() / 1e9:5.2f} GB] {msg}", file=sys.stderr, flush=True)
 
     return say
 

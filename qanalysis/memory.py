@@ -202,7 +202,8 @@ def _im2col_bytes(program: Program, n, env: Mapping[str, torch.Tensor]) -> int:
     return 8 * int(x.shape[1]) * math.prod(int(k) for k in w.shape[2:]) * math.prod(int(d) for d in y.shape[2:])
 
 
-def _rss_now() -> int:
+def rss_now() -> int:
+    """This process's resident memory now, in bytes (0 where /proc is not there)."""
     try:
         with open("/proc/self/statm") as f:
             return int(f.read().split()[1]) * resource.getpagesize()
@@ -228,8 +229,8 @@ def release(min_growth: int = 256 * 1024**2) -> None:
     global _last_trim
     if _LIBC is None:
         return
-    now = _rss_now()
+    now = rss_now()
     if min_growth and now - _last_trim < min_growth:
         return
     _LIBC.malloc_trim(0)
-    _last_trim = _rss_now()
+    _last_trim = rss_now()

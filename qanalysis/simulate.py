@@ -618,22 +618,11 @@ class Simulator:
         folded into c₀). Against (â + b̂)/s_c the cancellation in c₀ moves values like −1.49999
         steps across the rounding boundary (measured: tiny_lm's residual adds). A constant
         input (a bias) is on its own grid, as ``_weight``'s "c" key."""
-        prog = self.prog
-        node = prog.nodes[layer.node]
-        if node.op != "Add" or len(node.inputs) != 2:
+        if self.prog.nodes[layer.node].op != "Add":
             return None
-        qps = []
-        for pos, t in enumerate(node.inputs):
-            k = plan.edges.get((layer.node, pos))
-            if k is not None and k[0] == "q":
-                qp = self.act_qparams(t)
-            elif (plan.weights.get(t) or (None,))[0] == "c":
-                qp = self._const_qparams(t)
-            else:
-                return None
-            if qp is None or qp.scale.dim() or (qp.qrange.qmin, qp.qrange.qmax) != (0, 255):
-                return None
-            qps.append(qp)
+        qps = self._input_qparams(plan, layer)
+        if qps is None:
+            return None
         y_t = self._quantized_output(plan, layer)
         yq = self.act_qparams(y_t) if y_t else None
         if yq is None or yq.scale.dim() or (yq.qrange.qmin, yq.qrange.qmax) != (0, 255):
