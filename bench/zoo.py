@@ -9,6 +9,7 @@ and size.
 
     .venv/bin/python bench/zoo.py [--models resnet18,mobilenet_v2] [--images 16] [--jobs 1]
                                   [--timeout 1800] [--skip-export] [--out bench/results/zoo]
+                                  [--smallest-first] [--resume]
 
 Writes ``OUT/zoo.csv`` and ``OUT/zoo.md`` (the table for an issue note) and prints the table.
 On 2 cores run it with ``--jobs 1``; on a bigger machine ``--jobs N`` runs N models at once
@@ -55,6 +56,19 @@ def classification_models() -> list[str]:
     import torchvision
 
     return sorted(torchvision.models.list_models(module=torchvision.models))
+
+
+def by_size(models: list[str]) -> list[str]:
+    """Smallest first (parameter count from torchvision's weight metadata; nothing downloaded)."""
+    import torchvision
+
+    def params(m: str) -> float:
+        try:
+            return next(iter(torchvision.models.get_model_weights(m))).meta["num_params"]
+        except Exception:  # noqa: BLE001 - no metadata: last
+            return float("inf")
+
+    return sorted(models, key=params)
 
 
 def _timed(cmd: list[str], timeout: float, threads: int) -> dict:
@@ -142,17 +156,31 @@ def main() -> None:
     ap.add_argument("--include-heavy", action="store_true", help=f"also {', '.join(sorted(HEAVY))}")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "zoo")
     ap.add_argument("--work", type=Path, help="where runs and images go (default: OUT)")
+    ap.add_argument("--resume", action="store_true", help="keep OUT/zoo.csv's rows and skip their models")
+    ap.add_argument("--smallest-first", action="store_true", help="order models by parameter count")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     models = args.models.split(",") if args.models else [
         m for m in classification_models() + SEGMENTATION if args.include_heavy or m not in HEAVY]  # fmt: skip
+    if args.smallest_first:
+        models = by_size(models)
+    rows: list[dict] = []
+    if args.resume and (args.out / "zoo.csv").exists():
+        import pandas as pd
+
+        old = pd.read_csv(args.out / "zoo.csv").to_dict("records")
+        rows = [{k: (None if isinstance(v, float) and v != v else v) for k, v in r.items()} for r in old]
+        done = {r["model"] for r in rows}
+        models = [m for m in models if m not in done] + [r["model"] for r in rows]  # rows keep their place
+        todo = [m for m in models if m not in done]
+    else:
+        todo = models
     work = args.work or args.out
     data = image_folder(work / "images", args.images)
     work = work / "runs"
-    rows: list[dict] = []
-    print(f"{len(models)} models, {args.images} images, {args.jobs} at a time", file=sys.stderr)
+    print(f"{len(todo)} models to run ({len(rows)} kept), {args.images} images, {args.jobs} at a time", file=sys.stderr)
     with cf.ThreadPoolExecutor(args.jobs) as ex:
-        futs = {ex.submit(run_model, m, data, work, args.timeout, args.threads, not args.skip_export): m for m in models}
+        futs = {ex.submit(run_model, m, data, work, args.timeout, args.threads, not args.skip_export): m for m in todo}
         for f in cf.as_completed(futs):
             r = f.result()
             rows.append(r)

@@ -570,7 +570,11 @@ def _save_onnx(proto: onnx.ModelProto, path: Path) -> Path:
 def _build(workload: Workload, scheme: Scheme, wd: Path) -> None:
     """Export, pre-process and plan into ``wd``: the cache entry's files."""
     proto = getattr(workload.model, "proto", None)  # an ONNX file given as the model: no export
-    raw = _save_onnx(proto, wd / "exported.onnx") if proto is not None else export_onnx(workload.model, workload.calibration[0], wd / "exported.onnx")
+    # the export and the plan need the graph's structure, not the data: two samples, then one.
+    # ORT's calibration pass behind the plan keeps every tensor of the graph for its batch
+    # (resnet101 on a batch of 64: 7.3 GB resident)
+    example = tuple(t[:2] for t in workload.calibration[0])
+    raw = _save_onnx(proto, wd / "exported.onnx") if proto is not None else export_onnx(workload.model, example, wd / "exported.onnx")
     # the exporter's module scopes per node (quant_pre_process may drop node metadata)
     scopes = {n.name: p.value for n in onnx.load(str(raw), load_external_data=False).graph.node
               for p in n.metadata_props if p.key == "pkg.torch.onnx.name_scopes"}  # fmt: skip
@@ -583,7 +587,7 @@ def _build(workload: Workload, scheme: Scheme, wd: Path) -> None:
     inputs = [i.name for i in g.input if i.name not in inits]
     if len(inputs) != len(workload.calibration[0]):
         raise ExportError(f"the exported graph has {len(inputs)} inputs but the batches have {len(workload.calibration[0])} tensors")
-    ort_quantize(pre, wd / "plan_qdq.onnx", inputs, workload.calibration[:1], scheme)
+    ort_quantize(pre, wd / "plan_qdq.onnx", inputs, [tuple(t[:1] for t in example)], scheme)
 
 
 def _read(workload: Workload, wd: Path, owner: Workdir | None) -> QuantGraph:

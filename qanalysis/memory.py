@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
-import math
 import re
 import resource
 import sys
@@ -37,8 +36,6 @@ if TYPE_CHECKING:
 # efficientnet_b0's export on 512 images peaked at 3.8 GB, at 1 GiB under 3 GB
 DEFAULT_BUDGET = 1024**3
 
-# ops the simulation may run as the engine's integer kernels (float64 temporaries, see footprint)
-INTEGER_KERNEL_OPS = ("Conv", "Gemm", "MatMul")
 
 _BUDGET: ContextVar[int] = ContextVar("qanalysis_memory_budget", default=DEFAULT_BUDGET)
 
@@ -174,32 +171,15 @@ def footprint(program: Program, feeds1: Mapping[str, torch.Tensor]) -> Footprint
     for n in program.nodes:
         live += sum(size.get(t, 0) for t in n.outputs if t)
         peak = max(peak, live)
-        # the fake-quantized copies of the node's activation inputs live while it runs, and an
-        # integer kernel (simulate.Simulator._integer_kernel) holds a float64 copy of its input and
-        # a float64 accumulator of its output besides (efficientnet_b0's simulated batches peaked
-        # at 3× the live tensors counted without them)
+        # the fake-quantized copies of the node's activation inputs live while it runs; the engine
+        # arithmetic kernels' temporaries (float64 copies, accumulators, im2col) do not grow with
+        # the chunk: they run over blocks of samples (simulate.KERNEL_BLOCK_BYTES)
         ins = sum(size.get(t, 0) for t in set(n.inputs) if t)
-        kernel = 2 * (size.get(n.inputs[0], 0) + sum(size.get(t, 0) for t in n.outputs if t)) if n.op in INTEGER_KERNEL_OPS else 0
-        if n.op == "Conv":
-            kernel += _im2col_bytes(program, n, env)
-        peak_q = max(peak_q, live + ins + kernel)
+        peak_q = max(peak_q, live + ins)
         for t in set(n.inputs):
             if t in size and last.get(t) == n.index and t not in outs and t not in feeds1:
                 live -= size[t]
     return Footprint(size, peak_q, peak, {k: v.dim() for k, v in env.items() if isinstance(v, torch.Tensor)})
-
-
-def _im2col_bytes(program: Program, n, env: Mapping[str, torch.Tensor]) -> int:
-    """The float64 im2col buffer torch's CPU convolution builds for an integer kernel's float64
-    conv (no oneDNN path for float64): C_in·k_h·k_w × the output positions, 8 bytes each, per
-    sample. Uncounted, efficientnet_b0's simulated chunks (depthwise 3×3 at 112×112: 29 MB a
-    sample) ran at 1.5× the budget."""
-    w = program.initializers.get(n.inputs[1]) if len(n.inputs) > 1 else None
-    x = env.get(n.inputs[0])
-    y = env.get(n.outputs[0])
-    if w is None or x is None or y is None or x.dim() < 3:
-        return 0
-    return 8 * int(x.shape[1]) * math.prod(int(k) for k in w.shape[2:]) * math.prod(int(d) for d in y.shape[2:])
 
 
 def rss_now() -> int:

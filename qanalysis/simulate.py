@@ -285,6 +285,46 @@ class SimPlan:
         return sorted(t for t in qg.quantized_tensors if t not in active)
 
 
+# bytes of temporaries an engine-arithmetic kernel may hold at once: it runs over blocks of samples
+# that fit (float64 copies, accumulators, a conv's im2col), so its memory does not grow with the batch
+KERNEL_BLOCK_BYTES = 32 * 1024**2
+
+
+def _in_row_blocks(fn, args: list, rows: tuple[int, ...], bytes_per_sample) -> torch.Tensor:
+    """``fn(args)`` computed over blocks of samples: the arguments at ``rows`` that carry the batch
+    (dim 0) are sliced, the others are passed whole (broadcast). The kernels are exact integer
+    arithmetic then elementwise rounding, so any blocking gives the same bits as one call.
+    ``bytes_per_sample(args, first_output)``: what one sample's temporaries cost."""
+    rank = max((args[p].dim() for p in rows if args[p] is not None), default=0)
+    full = [p for p in rows if args[p] is not None and rank > 0 and args[p].dim() == rank]  # lower ranks broadcast
+    n = max((int(args[p].shape[0]) for p in full), default=1)
+    if n <= 1:
+        return fn(args)
+    full = [p for p in full if int(args[p].shape[0]) == n]
+
+    def part(i: int, j: int):
+        a = list(args)
+        for p in full:
+            a[p] = a[p][i:j]
+        return fn(a)
+
+    first = part(0, 1)
+    step = max(1, KERNEL_BLOCK_BYTES // max(1, int(bytes_per_sample(args, first))))
+    out = first.new_empty((n, *first.shape[1:]))
+    out[:1] = first
+    del first
+    for i in range(1, n, step):
+        out[i : i + step] = part(i, min(n, i + step))
+    return out
+
+
+def _finite_or(out: torch.Tensor, fallback) -> torch.Tensor:
+    """``out``, with ``fallback()``'s values where ``out`` is not finite (an infinite input, e.g. a
+    −inf attention mask read unquantized by a partial run, has no integer: the float result stands)."""
+    bad = ~torch.isfinite(out)
+    return torch.where(bad, fallback(), out) if bool(bad.any()) else out
+
+
 class Simulator:
     """Fake-quantized runs of a QuantGraph under any config of one scheme."""
 
@@ -637,14 +677,20 @@ class Simulator:
         # an fma rounds once: the float64 product of a float32 and an 8-bit integer is exact
         c0 = f32(zc - f32(ra * za + f32(rb * zb)))
 
+        def block(args):
+            b = args[1].double().div_(float(sb)).round_().add_(zb).mul_(rb).add_(c0).float()
+            a = args[0].double().div_(float(sa)).round_().add_(za).mul_(ra)
+            a = a.add_(b) if a.shape == torch.broadcast_shapes(a.shape, b.shape) else a + b  # in place unless a broadcasts
+            del b
+            out = a.float()
+            del a
+            out.round_().clamp_(0.0, 255.0).sub_(zc).mul_(sc)
+            return _finite_or(out, lambda: args[0] + args[1])
+
         def run(args, attrs):
-            a = torch.round(args[0].double() / float(sa)) + za
-            b = torch.round(args[1].double() / float(sb)) + zb
-            y = f32(a * ra + f32(b * rb + c0))
-            out = (torch.clamp(torch.round(y), 0.0, 255.0) - zc).float() * sc
-            # an infinite input (a −inf attention mask read unquantized by a partial run) has no
-            # integer: the float sum stands there, as before
-            return torch.where(torch.isfinite(out), out, args[0] + args[1])
+            # over blocks of samples (written out of place on the whole batch, resnet50's residual
+            # adds held 18 float32 copies of their output at once)
+            return _in_row_blocks(block, args, (0, 1), lambda a, y: 24 * y[0].numel())
 
         return run
 
@@ -683,11 +729,18 @@ class Simulator:
         zc = float(yq.zero_point)
         r = ((sa * sb).float() / sc).float()
 
+        def block(args):
+            p = args[0].double().div_(float(sa)).round_()
+            q = args[1].double().div_(float(sb)).round_()
+            p = p.mul_(q) if p.shape == torch.broadcast_shapes(p.shape, q.shape) else q.mul_(p) if q.shape == torch.broadcast_shapes(p.shape, q.shape) else p * q
+            del q
+            y = p.float()
+            del p
+            y.mul_(r).add_(zc).round_().clamp_(0.0, 255.0).sub_(zc).mul_(sc)
+            return _finite_or(y, lambda: args[0] * args[1])
+
         def run(args, attrs):
-            p = torch.round(args[0].double() / float(sa)) * torch.round(args[1].double() / float(sb))
-            y = (p.float() * r).float() + zc
-            out = (torch.clamp(torch.round(y.float()), 0.0, 255.0) - zc).float() * sc
-            return torch.where(torch.isfinite(out), out, args[0] * args[1])
+            return _in_row_blocks(block, args, (0, 1), lambda a, y: 24 * y[0].numel())
 
         return run
 
@@ -711,13 +764,18 @@ class Simulator:
         m = (sab / yq.scale.float()).float() if yq is not None else None
         sy = yq.scale.float() if yq is not None else None
 
-        def run(args, attrs):
+        def block(args):
             a = torch.round(args[0].double() / float(sa))
             b = torch.round(args[1].double() / float(sb))
             acc = torch.matmul(a, b).float()  # integers: float64 sums are exact, then as ORT's float
             if m is None:
                 return acc * sab
             return torch.round(acc * m) * sy
+
+        def run(args, attrs):
+            if args[0].dim() < 3 or args[1].dim() < 3:  # a 2-D product has no batch to split
+                return block(args)
+            return _in_row_blocks(block, args, (0, 1), lambda a, y: 8 * (a[0][0].numel() + a[1][0].numel()) + 12 * y[0].numel())
 
         return run
 
@@ -840,9 +898,9 @@ class Simulator:
                 return v.reshape(())
             return v.reshape([1, -1] + [1] * (nd - 2)) if node.op == "Conv" else v.reshape(-1)
 
-        def run(args, attrs):
-            # in place where it can be: the temporaries are a float64 copy of the input and the
-            # float64 accumulator, what ``memory.footprint`` counts for an integer kernel
+        def block(args, attrs):
+            # in place where it can be: the temporaries are a float64 copy of the input, the
+            # float64 accumulator and (a conv) torch's im2col buffer
             args = list(args)
             x_int = (args[x_pos] / sx).round_()
             if b_pos is not None and b_pos < len(args):
@@ -870,6 +928,20 @@ class Simulator:
             n = acc.float()
             del acc
             return n.mul_(shaped(m, n.dim())).round_().mul_(sy)
+
+        kernel_positions = math.prod(int(d) for d in w.shape[2:]) if node.op == "Conv" else 0
+
+        def temporaries(args, y):  # per sample: float64 input and accumulator, float32 output, im2col
+            x0 = args[x_pos][0]
+            im2col = 8 * int(x0.shape[0]) * kernel_positions * math.prod(int(d) for d in y.shape[2:]) if kernel_positions else 0
+            return 8 * x0.numel() + 12 * y[0].numel() + im2col
+
+        def run(args, attrs):
+            # over blocks of samples: on a whole batch these temporaries were most of a chunk's
+            # peak (resnet50, 32 images: 16 of 25 MB a sample at the largest convs)
+            if x_pos != 0:  # W·x: the activation's rows are not samples
+                return block(args, attrs)
+            return _in_row_blocks(lambda a: block(a, attrs), args, (x_pos,), temporaries)
 
         return run
 
