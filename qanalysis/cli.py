@@ -2,7 +2,7 @@
 
     qanalysis samples
     qanalysis analyze MODEL --out DIR [--config CONFIG.json] [--data DIR]
-                      [--eval-samples N] [--calib-samples N] [--memory-budget 1GB]  (every model command)
+                      [--eval-samples N] [--calib-samples N] [--memory-budget 768MB]  (every model command)
     qanalysis search  MODEL --max-drop PCT [--objective latency|size] --out DIR [--config CONFIG.json]
     qanalysis export  MODEL --out DIR [--config CONFIG.json] [--mode int8|dynamic|fp16]
     qanalysis compare MODEL --configs A.json B.json ... --out DIR
@@ -80,7 +80,7 @@ def _parser() -> argparse.ArgumentParser:
         c.add_argument("--eval-samples", type=_count, metavar="N", help="use only the first N evaluation samples")
         c.add_argument("--calib-samples", type=_count, metavar="N", help="use only the first N calibration samples")
         c.add_argument("--memory-budget", type=parse_bytes, metavar="SIZE", default=None,
-                       help="bytes of tensors the run may hold at once, e.g. 1GB (default), 512M; K/M/G are powers of 1024")  # fmt: skip
+                       help="bytes of tensors the run may hold at once, e.g. 768MB (default), 2GB; K/M/G are powers of 1024")  # fmt: skip
 
     def model_cmd(name: str, help: str) -> argparse.ArgumentParser:
         c = sub.add_parser(name, help=help)

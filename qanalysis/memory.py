@@ -30,11 +30,12 @@ from .errors import ConfigError
 if TYPE_CHECKING:
     from .interpreter import Program
 
-# 1 GiB of tensors: the process itself already holds ~0.8 GB of libraries (the CUDA build of torch
-# maps ~0.45 GB of them at import) plus the model and the loaded data (512 ImageNet-size images:
-# 1.3 GB in all), and a chunk's real peak runs ~1.2× what the footprint counts; at 2 GiB
-# efficientnet_b0's export on 512 images peaked at 3.8 GB, at 1 GiB under 3 GB
-DEFAULT_BUDGET = 1024**3
+# 768 MiB of tensors: the process itself already holds ~0.8 GB of libraries (the CUDA build of torch
+# maps ~0.45 GB of them at import) plus the model and the loaded data (resnet50 and 512 ImageNet-size
+# images: 1.2 GB in all), and a chunk's real peak runs up to ~1.5× what the footprint counts
+# (allocator fragmentation, temporaries of torch's own kernels); at 1 GiB resnet50's analyze on
+# 512 images peaked at 3.08 GB (efficientnet_b0's export at 2 GiB: 3.8 GB)
+DEFAULT_BUDGET = 768 * 1024**2
 
 
 _BUDGET: ContextVar[int] = ContextVar("qanalysis_memory_budget", default=DEFAULT_BUDGET)
