@@ -335,6 +335,7 @@ def _analyze_check(args: argparse.Namespace):
 
 def _analyze_run(wl, args: argparse.Namespace, config, say, out: Path):
     from .analysis import analyze
+    from .memory import release
     from .report import write_analysis
 
     a = analyze(wl, config, progress=say)
@@ -343,6 +344,7 @@ def _analyze_run(wl, args: argparse.Namespace, config, say, out: Path):
         from .repeats import analyze_repeats
 
         rep = analyze_repeats(wl, config, args.repeats, progress=say, first=a)
+    release(0)  # the analysis' freed tensors, before the report's figures allocate theirs
     say(f"writing {args.out}")
     write_analysis(a, out, repeats=rep)
     return a, rep

@@ -32,8 +32,11 @@ from __future__ import annotations
 
 import bisect
 import math
+import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, ClassVar
 
 import pandas as pd
@@ -118,7 +121,7 @@ class SensitivityResult:
     int8_metric: float
     fp32_outputs: torch.Tensor
     int8_outputs: torch.Tensor
-    only_outputs: dict[str, torch.Tensor]
+    only_outputs: Mapping[str, torch.Tensor]  # a dict, or (large outputs) read from disk per layer
     nodes_run: int
     nodes_naive: int
     seconds: float
@@ -196,6 +199,44 @@ def only_plan(sim: Simulator, config: Config, layer: Layer) -> SimPlan:
     if own is not None and bits is not None:
         layers[layer.name] = own
     return sim.plan(config.with_layers(layers), bits={layer.name: bits or sim.scheme.weights.bits})
+
+
+# per-layer outputs kept to the end go to disk when they would take more than this share of the budget
+SPILL_FRACTION = 0.5
+
+
+class _Kept(Mapping):
+    """Per-layer model outputs kept to the end of the analysis (the metric is called once on all
+    samples), layer name → outputs concatenated. In memory; or, when they would take more than
+    half the memory budget (a detector's 3,234 × 95 outputs, 139 layers × 2 runs, 32 images:
+    5.2 GB in float16), in files of a temporary folder, read back one layer at a time."""
+
+    def __init__(self, names: list[str]):
+        self._parts: dict[str, list] = {n: [] for n in names}
+        self._dir: tempfile.TemporaryDirectory | None = None
+        self._n = 0
+
+    def spill(self) -> None:
+        if self._dir is None:
+            self._dir = tempfile.TemporaryDirectory(prefix="qanalysis-")
+
+    def append(self, name: str, t: torch.Tensor) -> None:
+        if self._dir is None:
+            self._parts[name].append(t)
+            return
+        self._n += 1
+        path = Path(self._dir.name) / f"{self._n}.pt"
+        torch.save(t.contiguous().clone(), path)
+        self._parts[name].append(path)
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return torch.cat([torch.load(p) if isinstance(p, Path) else p for p in self._parts[name]])
+
+    def __iter__(self):
+        return iter(self._parts)
+
+    def __len__(self) -> int:
+        return len(self._parts)
 
 
 def _keep(t: torch.Tensor) -> torch.Tensor:
@@ -309,8 +350,7 @@ def analyze_layers(
     # is called once on all outputs: 2 × layers × samples × output size floats (a 1000-class head,
     # 200 layers, 1000 samples: 1.6 GB; a 10-class head: 16 MB). They grow with the data; the
     # activations above do not.
-    outs_only: dict[str, list[torch.Tensor]] = {l.name: [] for l in layers}
-    outs_allbut: dict[str, list[torch.Tensor]] = {l.name: [] for l in layers}
+    outs_only, outs_allbut = _Kept([l.name for l in layers]), _Kept([l.name for l in layers])
     nodes_run = 0
     # Weight proxies need no data: each weight as the only-this-layer run quantizes it.
     for l in layers:
@@ -335,8 +375,15 @@ def analyze_layers(
         for bi, (xb, _) in enumerate(wl.evaluation):
             fpr = footprints(xb)
             # held at once: both runs' held tensors at the worst step, plus one run's live tensors
-            per_sample = max(per_sample, max(f + q for f, q in zip(sched_fp.bytes(fpr.sizes), sched_q.bytes(fpr.sizes))) + fpr.live)
+            # and each layer's float32 only-this-layer output, held to the chunk's end (the FP32
+            # output it is compared with comes last): a detector's 139 × 1.2 MB a sample
+            per_sample = max(per_sample, max(f + q for f, q in zip(sched_fp.bytes(fpr.sizes), sched_q.bytes(fpr.sizes))) + fpr.live
+                             + len(layers) * fpr.sizes.get(out_name, 0))  # fmt: skip
             kept_bytes = kept_outputs(fpr)
+            if kept_bytes > budget * SPILL_FRACTION:  # the per-layer outputs go to disk; FP32's and INT8's stay
+                outs_only.spill()
+                outs_allbut.spill()
+                kept_bytes = 2 * wl.n_eval * fpr.sizes.get(out_name, 0)
             chunk_budget = max(0, budget - kept_bytes)
             size = memory.chunk_size(per_sample, int(xb[0].shape[0]), chunk_budget)
             for x in memory.split(xb, size):
@@ -347,8 +394,9 @@ def analyze_layers(
                 )  # fmt: skip
                 if bi == 0 and chunks_run == 1 and progress and outs_fp[0].dim() >= 3:
                     per = outs_fp[0].numel() * 2 * wl.n_eval / max(1, outs_fp[0].shape[0])
+                    where = "on disk, over half the memory budget" if outs_only._dir is not None else "in memory"
                     progress(f"keeping {2 * len(layers)} per-layer outputs of shape {['N', *outs_fp[0].shape[1:]]} in float16: "
-                             f"{2 * len(layers) * per / 2**20:.0f} MiB")  # fmt: skip
+                             f"{2 * len(layers) * per / 2**20:.0f} MiB {where}")  # fmt: skip
                 memory.release()  # the chunk's freed tensors, before the next one allocates its own
             if progress:
                 progress(f"per-layer sensitivity: batch {bi + 1}/{n_batches} ({len(layers)} layers, chunks of {size})")
@@ -356,13 +404,14 @@ def analyze_layers(
     fp_metric, q_metric = wl.score(fp_out), wl.score(q_out)
     q_drop = wl.drop(fp_metric, q_metric)
     rows = []
-    only_cat = {}
+    only_cat: dict[str, torch.Tensor] = {}
     for l in layers:
-        o = torch.cat(outs_only[l.name])
-        only_cat[l.name] = o
+        o = outs_only[l.name]
+        if outs_only._dir is None:
+            only_cat[l.name] = o
         stored = o.dtype != torch.float32  # float16 copies: SQNR from the exact accumulation
         o = o.float()
-        m_only, m_all = wl.score(o), wl.score(torch.cat(outs_allbut[l.name]).float())
+        m_only, m_all = wl.score(o), wl.score(outs_allbut[l.name].float())
         c = clip[l.name]
         rows.append(
             LayerRow(
@@ -392,7 +441,7 @@ def analyze_layers(
         int8_metric=q_metric,
         fp32_outputs=fp_out,
         int8_outputs=q_out,
-        only_outputs=only_cat,
+        only_outputs=only_cat if outs_only._dir is None else outs_only,
         nodes_run=nodes_run,
         nodes_naive=chunks_run * n_nodes * (2 + 2 * len(layers)),
         seconds=time.perf_counter() - t0,
@@ -515,7 +564,7 @@ def _sensitivity_chunk(
             acc_o[name].add(fp_env[l.output], env[l.output])
         env = sim.run(feeds, all_but[name], env=q_env, nodes=dirty_all[name], keep=set())
         nodes_run += len(dirty_all[name])
-        outs_allbut[name].append(_keep(env[out_name].float()))
+        outs_allbut.append(name, _keep(env[out_name].float()))
         del fp_env, q_env, env
         memory.release()
     last = len(qg.layers)
@@ -523,7 +572,7 @@ def _sensitivity_chunk(
     outs_q.append(s_q.step(last)[out_name].float())
     for name, o in only_out.items():  # end-to-end SQNR exactly, in float32; kept for the metric (maybe float16)
         acc_e2e[name].add(outs_fp[-1], o)
-        outs_only[name].append(_keep(o))
+        outs_only.append(name, _keep(o))
     return nodes_run + s_fp.nodes_run + s_q.nodes_run
 
 PROXIES = {

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pandas as pd
 import pytest
@@ -72,7 +73,7 @@ def _rebatched(wl, size):
 
 
 @pytest.mark.parametrize("source", ["sample:digits_cnn", "sample:digits_vit"])
-def test_chunked_sensitivity_is_exactly_the_run_on_smaller_batches(source):
+def test_chunked_sensitivity_is_exactly_the_run_on_smaller_batches(source, monkeypatch):
     """Chunking itself changes nothing: batches of 32 run in chunks of 8 give, to the last digit,
     what batches of 8 give unchunked (kept tensors, partial runs and accumulators all agree)."""
     a = cached_analysis(source)
@@ -87,6 +88,9 @@ def test_chunked_sensitivity_is_exactly_the_run_on_smaller_batches(source):
     if source == "sample:digits_vit":
         assert whole.bytes_per_sample < 0.5 * sum(fp.sizes.values())
     assert 0 < whole.kept_output_bytes < 0.1 * memory.DEFAULT_BUDGET
+    from qanalysis import sensitivity
+
+    monkeypatch.setattr(sensitivity, "SPILL_FRACTION", 1.0)  # kept outputs stay in memory, counted against the budget
     chunked = analyze_layers(wl, a.sim, Config(), memory_budget=8 * whole.bytes_per_sample + whole.kept_output_bytes)
     assert chunked.chunk_samples == 8
     small = analyze_layers(_rebatched(wl, 8), a.sim, Config())
@@ -284,3 +288,29 @@ def test_engine_kernels_over_blocks_of_samples_give_the_same_bits(source, monkey
     plan.kernels = None
     blocked = a.sim.outputs(wl.evaluation, plan)
     assert torch.equal(whole, blocked)
+
+
+def test_per_layer_outputs_go_to_disk_when_they_exceed_half_the_budget(monkeypatch):
+    """A model with large outputs (a detector, a segmenter) keeps 2 × layers per-layer outputs
+    to the end; over half the budget they are written to a temporary folder and read back per
+    layer, and the analysis' numbers are those of the in-memory run."""
+    a = cached_analysis("sample:digits_cnn")
+    wl = cached_workload("sample:digits_cnn")
+    whole = analyze_layers(wl, a.sim, Config())
+    assert isinstance(whole.only_outputs, dict)
+    from qanalysis import sensitivity
+
+    monkeypatch.setattr(sensitivity, "SPILL_FRACTION", 0.0)  # any kept outputs go to disk
+    spilled = analyze_layers(wl, a.sim, Config())
+    assert not isinstance(spilled.only_outputs, dict)
+    folder = spilled.only_outputs._dir.name
+    assert any(os.scandir(folder))
+    later = ["recommendation", "recommendation_gain"]
+    pd.testing.assert_frame_equal(whole.to_frame().drop(columns=later), spilled.to_frame().drop(columns=later), check_exact=True)
+    for name, o in whole.only_outputs.items():
+        assert torch.equal(o, spilled.only_outputs[name])
+    del spilled
+    import gc
+
+    gc.collect()
+    assert not os.path.exists(folder)
