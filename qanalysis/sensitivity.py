@@ -216,6 +216,10 @@ class _Kept(Mapping):
         self._dir: tempfile.TemporaryDirectory | None = None
         self._n = 0
 
+    @property
+    def on_disk(self) -> bool:
+        return self._dir is not None
+
     def spill(self) -> None:
         if self._dir is None:
             self._dir = tempfile.TemporaryDirectory(prefix="qanalysis-")
@@ -394,7 +398,7 @@ def analyze_layers(
                 )  # fmt: skip
                 if bi == 0 and chunks_run == 1 and progress and outs_fp[0].dim() >= 3:
                     per = outs_fp[0].numel() * 2 * wl.n_eval / max(1, outs_fp[0].shape[0])
-                    where = "on disk, over half the memory budget" if outs_only._dir is not None else "in memory"
+                    where = "on disk, over half the memory budget" if outs_only.on_disk else "in memory"
                     progress(f"keeping {2 * len(layers)} per-layer outputs of shape {['N', *outs_fp[0].shape[1:]]} in float16: "
                              f"{2 * len(layers) * per / 2**20:.0f} MiB {where}")  # fmt: skip
                 memory.release()  # the chunk's freed tensors, before the next one allocates its own
@@ -407,7 +411,7 @@ def analyze_layers(
     only_cat: dict[str, torch.Tensor] = {}
     for l in layers:
         o = outs_only[l.name]
-        if outs_only._dir is None:
+        if not outs_only.on_disk:
             only_cat[l.name] = o
         stored = o.dtype != torch.float32  # float16 copies: SQNR from the exact accumulation
         o = o.float()
@@ -441,7 +445,7 @@ def analyze_layers(
         int8_metric=q_metric,
         fp32_outputs=fp_out,
         int8_outputs=q_out,
-        only_outputs=only_cat if outs_only._dir is None else outs_only,
+        only_outputs=only_cat if not outs_only.on_disk else outs_only,
         nodes_run=nodes_run,
         nodes_naive=chunks_run * n_nodes * (2 + 2 * len(layers)),
         seconds=time.perf_counter() - t0,

@@ -732,7 +732,7 @@ class Simulator:
         def block(args):
             p = args[0].double().div_(float(sa)).round_()
             q = args[1].double().div_(float(sb)).round_()
-            p = p.mul_(q) if p.shape == torch.broadcast_shapes(p.shape, q.shape) else q.mul_(p) if q.shape == torch.broadcast_shapes(p.shape, q.shape) else p * q
+            p = p.mul_(q) if p.shape == torch.broadcast_shapes(p.shape, q.shape) else p * q  # in place unless p broadcasts
             del q
             y = p.float()
             del p
