@@ -25,6 +25,7 @@ the simulated metric predict the engine's.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Hashable, Mapping
@@ -94,6 +95,33 @@ def int32_bias(b: torch.Tensor, bias_scale: torch.Tensor) -> torch.Tensor:
     the quotient of b = 41708.5·s_b (ULP-near a tie) rounds the other way."""
     q = torch.round(b.double() / bias_scale.double())
     return torch.clamp(q, -(2.0**31), 2.0**31 - 1)
+
+
+def bias_safe_weight_scale(input_scale: torch.Tensor, weight_scale: torch.Tensor, bias: torch.Tensor,
+                           per_channel: bool) -> torch.Tensor:  # fmt: skip
+    """ORT's ``_adjust_weight_scale_for_int32_bias``: when s_x · s_w is so small that the int32 bias
+    b / (s_x · s_w) would overflow, quantize_static raises the (symmetric int8) weight scale until it
+    fits: s_w · ratio, ratio = 1.0001 · 2·|b|max / (2³² − 2) / (s_x · s_w), in float64, cast back to
+    float32; per tensor with the bias's absolute max, per channel with each channel's |b|. The
+    weights then round to fewer levels (random googlenet's fc: s_w × 242,513, every weight 0 or ±1),
+    and a simulation without it clips the bias to ±2³¹ and reads noise where the engine reads the bias."""
+    qrange = float(2**31 - 1) - float(-(2**31) + 1)
+    sx = float(input_scale.reshape(-1)[0])
+    b = bias.double().reshape(-1)
+    sw = weight_scale.double().clone()
+    if not per_channel or sw.dim() == 0 or sw.numel() == 1:
+        absmax = max(abs(min(float(b.min()), 0.0)), abs(max(float(b.max()), 0.0))) if b.numel() else 0.0
+        smallest = 1.0001 * (2.0 * absmax) / qrange
+        cand = sx * float(sw.reshape(-1)[0])
+        if 0.0 < cand < smallest:
+            return (sw * (smallest / cand)).to(weight_scale.dtype)
+        return weight_scale
+    smallest = 1.0001 * (2.0 * b.abs()) / qrange
+    cand = sx * sw
+    low = (cand < smallest) & (cand > 0.0)
+    if not bool(low.any()):
+        return weight_scale
+    return torch.where(low, sw * (smallest / torch.where(low, cand, torch.ones_like(cand))), sw).to(weight_scale.dtype)
 
 
 # --------------------------------------------------------------------------- weight-only
@@ -341,6 +369,7 @@ class Simulator:
         # same way (per plan, sensitivity's 2 × layers plans held layers × weights: efficientnet GBs)
         self._wint: dict[tuple, tuple[torch.Tensor, torch.Tensor, list | None]] = {}
         self._wqp: dict[tuple, QParams] = {}
+        self._bias_layers: dict[str, list[Layer]] | None = None  # weight → layers with an int32 bias
         self.overrides: dict[str, tuple[float, float]] = {}  # tensor → forced [rmin, rmax]
         self.weight_overrides: dict[str, torch.Tensor] = {}  # initializer → replaced float value
         self.weight_qparams_override: dict[str, QParams] = {}  # initializer → exact (s, z) (AdaRound, GPTQ)
@@ -469,6 +498,26 @@ class Simulator:
         self._weight(("w", name, bits))
         return self._wqp[(name, bits)]
 
+    def _bias_safe(self, name: str, qp: QParams) -> QParams:
+        """``qp`` with the scale quantize_static gives a weight whose layer's int32 bias would
+        overflow (``bias_safe_weight_scale``), once per such layer, as ORT does. Only symmetric
+        signed weights under static activations (ORT skips uint8 or nonzero zero points)."""
+        if self.scheme.act.dynamic or qp.group is not None or qp.qrange.qmin >= 0 or bool((qp.zero_point != 0).any()):
+            return qp
+        if self._bias_layers is None:
+            self._bias_layers = {}
+            for l in self.qg.layers:
+                if l.bias is not None and l.act_inputs:
+                    for _, w in l.weights:
+                        self._bias_layers.setdefault(w, []).append(l)
+        scale = qp.scale
+        for layer in self._bias_layers.get(name, ()):
+            aq = self.act_qparams(layer.act_inputs[0][1])
+            if aq is None or aq.scale.dim():
+                continue
+            scale = bias_safe_weight_scale(aq.scale, scale, self._float_weight(layer.bias[1]), qp.axis is not None)
+        return qp if scale is qp.scale else dataclasses.replace(qp, scale=scale)
+
     def _float_weight(self, name: str) -> torch.Tensor:
         return self.weight_overrides.get(name, self.prog.initializers[name]).float()
 
@@ -484,6 +533,9 @@ class Simulator:
                 wq = fake_quant(self._float_weight(name), qp)
             else:
                 wq, qp = quantize_weight(self._float_weight(name), self.scheme.weights, self.qg.weight_axis.get(name), bits)
+            fitted = self._bias_safe(name, qp)
+            if fitted is not qp:
+                qp, wq = fitted, fake_quant(self._float_weight(name), fitted)
             self._wqp[(name, bits)] = qp
             v = wq
         elif kind == "b":

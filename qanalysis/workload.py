@@ -3,7 +3,9 @@
 Three sources, one contract (DESIGN.md step 1):
 
 * ``sample:NAME`` — a bundled spec file in ``sample_models/`` (``list_samples()``);
-* ``torchvision:ARCH[@WEIGHTS.pt]`` with an image folder (one sub-folder per class);
+* ``torchvision:ARCH[@WEIGHTS.pt]`` with an image folder (one sub-folder per class); the
+  segmentation models (``fcn_*``, ``deeplabv3_*``, ``lraspp_*``) take any image folder and are
+  scored by pixel agreement with the FP32 model (a folder carries no masks);
 * ``path/to/spec.py`` defining ``build_model``, ``calibration_batches``,
   ``evaluation_batches`` and optionally ``evaluate``, ``training_batches``, ``loss``.
 
@@ -401,8 +403,8 @@ def with_metric(wl: Workload, metric: Metric) -> Workload:
     once), so the FP32 metric is 100 % and a drop is the share of predictions quantization flips."""
     if metric not in METRICS:
         raise WorkloadError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
-    if metric == "accuracy":
-        return wl
+    if metric == "accuracy" or (metric == "agreement" and wl.metric_name == PIXEL_AGREEMENT_NAME):
+        return wl  # a segmentation workload is scored by agreement already
     eout = run_model(wl.model, wl.evaluation[0][0])
     if eout.dim() != 2 or eout.shape[1] < 2:
         raise WorkloadError(
@@ -519,14 +521,52 @@ IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".webp", ".tif", ".tiff"}
 TORCHVISION_SEED = 0
 
 
-def _build_torchvision(arch: str, **kwargs: Any) -> torch.nn.Module:
-    """``get_model(arch, weights=None)`` with a fixed seed, so random weights are the same on every run;
-    the caller's global RNG state is left as it was."""
+def segmentation_models() -> list[str]:
+    """torchvision's semantic segmentation architectures (``fcn_resnet50``, ``lraspp_mobilenet_v3_large``, ...)."""
     import torchvision
 
+    try:
+        return sorted(torchvision.models.list_models(module=torchvision.models.segmentation))
+    except Exception:  # pragma: no cover - very old torchvision
+        return []
+
+
+def _build_torchvision(arch: str, **kwargs: Any) -> torch.nn.Module:
+    """``get_model(arch, weights=None)`` with a fixed seed, so random weights are the same on every run;
+    the caller's global RNG state is left as it was. Segmentation models get no backbone weights
+    either (their default would download ImageNet weights)."""
+    import torchvision
+
+    if arch in segmentation_models():
+        kwargs.setdefault("weights_backbone", None)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(TORCHVISION_SEED)
         return torchvision.models.get_model(arch, weights=None, **kwargs)
+
+
+class SegmentationLogits(torch.nn.Module):
+    """torchvision's segmentation models return ``{"out": logits}`` (and "aux" when trained with it);
+    the workload's model returns the logits [N, classes, H, W], what a deployment runs."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)["out"]
+
+
+PIXEL_AGREEMENT_NAME = "pixel agreement with FP32 (%)"
+
+
+def pixel_agreement(outputs: torch.Tensor, targets: torch.Tensor) -> float:
+    """Share of pixels, in %, whose class (argmax over dim 1 of [N, C, H, W]) is the target's ([N, H, W])."""
+    if outputs.dim() != 4 or targets.dim() != 3:
+        raise WorkloadError(
+            f"pixel agreement needs outputs [N, classes, H, W] and targets [N, H, W], got {list(outputs.shape)} "
+            f"and {list(targets.shape)}"
+        )
+    return float((outputs.argmax(dim=1) == targets.long()).double().mean() * 100.0)
 
 
 def _few(items: list[str], n: int = 3) -> str:
@@ -552,10 +592,11 @@ def describe_state_dict_mismatch(expected: Mapping[str, Any], given: Mapping[str
     return "; ".join(parts)
 
 
-def _head_key(fresh: Mapping[str, torch.Tensor]) -> str | None:
+def _head_key(fresh: Mapping[str, torch.Tensor], default_classes: int = 1000) -> str | None:
     """The classifier head's weight: the last entry of 2+ dimensions whose first is torchvision's default
-    1000 classes (a Linear [1000, F] in most models, a 1×1 Conv [1000, F, 1, 1] in SqueezeNet)."""
-    keys = [k for k, v in fresh.items() if v.dim() >= 2 and v.shape[0] == 1000]
+    1000 classes (a Linear [1000, F] in most models, a 1×1 Conv [1000, F, 1, 1] in SqueezeNet; a
+    segmentation model's 1×1 Conv [21, F, 1, 1])."""
+    keys = [k for k, v in fresh.items() if v.dim() >= 2 and v.shape[0] == default_classes]
     return keys[-1] if keys else None
 
 
@@ -566,10 +607,15 @@ def _torchvision_model(arch: str, weights: Path | None, num_classes: int) -> tor
         available = torchvision.models.list_models(module=torchvision.models)
     except Exception:  # pragma: no cover - very old torchvision
         available = []
-    if arch not in available:
-        raise WorkloadError(f"unknown torchvision architecture {arch!r}; e.g. resnet18, mobilenet_v3_small, vit_b_16")
+    segmentation = arch in segmentation_models()
+    if arch not in available and not segmentation:
+        raise WorkloadError(
+            f"unknown torchvision architecture {arch!r}; e.g. resnet18, mobilenet_v3_small, vit_b_16 "
+            f"(classification) or lraspp_mobilenet_v3_large (segmentation)"
+        )
+    default_classes = 21 if segmentation else 1000  # torchvision's defaults: VOC's 21, ImageNet's 1000
     if weights is None:
-        return _build_torchvision(arch, num_classes=num_classes)
+        return _build_torchvision(arch) if segmentation else _build_torchvision(arch, num_classes=num_classes)
     if not weights.is_file():
         raise WorkloadError(f"weights file not found: {weights}")
     try:
@@ -595,9 +641,15 @@ def _torchvision_model(arch: str, weights: Path | None, num_classes: int) -> tor
             f"{_few(not_tensors)}"
         )
     # The number of classes comes from the weights (fine-tuned heads): the head's first dimension.
-    head = _head_key(fresh.state_dict())
+    head = _head_key(fresh.state_dict(), default_classes)
     n_cls = int(sd[head].shape[0]) if head is not None and head in sd and sd[head].dim() >= 1 else num_classes
-    model = _build_torchvision(arch, num_classes=n_cls) if n_cls != 1000 else fresh
+    if segmentation:
+        n_cls = n_cls if head is not None and head in sd else default_classes
+        # a checkpoint trained with the auxiliary head carries its weights; the deployed model does not run it
+        aux = any(k.startswith("aux_classifier.") for k in sd)
+        model = _build_torchvision(arch, num_classes=n_cls, **({"aux_loss": True} if aux else {}))
+    else:
+        model = _build_torchvision(arch, num_classes=n_cls) if n_cls != 1000 else fresh
     problem = describe_state_dict_mismatch(model.state_dict(), sd)
     if problem:
         raise WorkloadError(f"{weights} does not fit torchvision's {arch}: {problem}")
@@ -616,7 +668,7 @@ def _check_whole_model(obj: torch.nn.Module, fresh: torch.nn.Module, arch: str, 
             f"{weights} holds a whole {got} model, but torchvision:{arch} is a {want}; name the architecture "
             f"the file holds (or load it through a spec file)"
         )
-    head = _head_key(fresh.state_dict())
+    head = _head_key(fresh.state_dict(), 21 if arch in segmentation_models() else 1000)
     mine = {k: v for k, v in obj.state_dict().items() if k != head and not (head and k == head.replace("weight", "bias"))}
     theirs = {k: v for k, v in fresh.state_dict().items() if k != head and not (head and k == head.replace("weight", "bias"))}
     problem = describe_state_dict_mismatch(theirs, mine)
@@ -644,6 +696,9 @@ def load_torchvision(
     arch, _, w = spec.partition("@")
     if data is None:
         raise WorkloadError("torchvision models need --data DIR (an image folder, one sub-folder per class)")
+    if arch in segmentation_models():
+        return _load_segmentation(arch, w, Path(data), metric=metric, calib_fraction=calib_fraction,
+                                  max_calib=max_calib, eval_samples=eval_samples, calib_samples=calib_samples)  # fmt: skip
     root = Path(data)
     if not root.is_dir():
         raise WorkloadError(f"data folder not found: {root}")
@@ -681,6 +736,46 @@ def load_torchvision(
         n_classes=None if metric == "agreement" else len(classes),  # agreement: any head on any folder
         data=root,
     )
+
+
+def _load_segmentation(arch: str, w: str, root: Path, *, metric: Metric, calib_fraction: float, max_calib: int,
+                       eval_samples: int | None, calib_samples: int | None) -> Workload:  # fmt: skip
+    """A segmentation model on an image folder (sub-folders, if any, only split the images): the targets
+    are the FP32 model's own per-pixel classes, the metric pixel agreement with them."""
+    if metric == "top5":
+        raise WorkloadError(f"--metric top5 scores classifiers; torchvision:{arch} is a segmentation model "
+                            "(its metric is pixel agreement with FP32)")  # fmt: skip
+    if not root.is_dir():
+        raise WorkloadError(f"data folder not found: {root}")
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir())
+    if not classes and any(p.suffix.lower() in IMAGE_EXTS for p in root.iterdir()):
+        classes = ["."]  # a flat folder of images
+    if not classes:
+        raise WorkloadError(f"{root} holds no images (nor sub-folders of images)")
+    calib_files, eval_files = split_image_folder(root, classes, calib_fraction=calib_fraction, max_calib=max_calib)
+    model = SegmentationLogits(_torchvision_model(arch, Path(w) if w else None, 0))
+    warnings = [
+        f"torchvision:{arch} is a segmentation model and an image folder has no masks: the metric is pixel "
+        f"agreement with the FP32 model's own per-pixel classes (FP32 scores 100 % by construction)"
+    ]
+    if not w:
+        warnings.append(
+            f"torchvision:{arch} was given no weights file, so its weights are random (seeded, the same on "
+            f"every run): the drop in agreement still measures what quantization changes, not how good the model is"
+        )
+    calib = stored_image_batches(calib_files[:calib_samples], targets=False)
+    evals = stored_image_batches(eval_files[:eval_samples])
+    wl = finish(f"torchvision:{arch}{'@' + w if w else ''}", model, calib, evals, pixel_agreement,
+                metric_name=PIXEL_AGREEMENT_NAME, description=f"torchvision {arch} (segmentation) on {root}",
+                images=True, warnings=warnings, random_weights=not w, data=root)  # fmt: skip
+    # the FP32 model's per-pixel classes, as uint8 when they fit (a quarter of a megabyte less per 224² image)
+    masks = []
+    for i, (x, _) in enumerate(wl.evaluation):
+        logits = _forward(wl.model, x, f"evaluation batch {i}")
+        masks.append(logits.argmax(dim=1).to(torch.uint8 if logits.shape[1] <= 256 else torch.int64))
+        del logits
+    memory.release(0)
+    return replace(wl, evaluation=wl.evaluation.with_targets(masks))
 
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

@@ -173,3 +173,31 @@ def test_integer_weights_are_shared_by_every_plan():
     assert sum(len(k) for k in kernels) > 2 * len(qg.layers)  # many plans use integer kernels...
     weights = {w for l in qg.layers for _, w in l.weights}
     assert 0 < len(sim._wint) <= len(weights)  # ...and one integer copy of each weight serves them all
+
+
+def test_a_bias_too_large_for_int32_raises_the_weight_scale_as_ort_does(tmp_path):
+    """quantize_static raises a symmetric weight's scale when s_x·s_w is too small for its int32
+    bias (random googlenet's fc: ×242,513, the simulation read 0 dB against the engine before).
+    The simulation raises it the same way, so the engine's outputs equal the simulated ones."""
+    from qanalysis.export import export
+    from qanalysis.metrics import SQNR_CAP_DB
+    from qanalysis.workload import finish
+
+    g = torch.Generator().manual_seed(0)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(16, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
+    with torch.no_grad():
+        model[2].weight.mul_(1e-8)  # s_w ≈ 2e-11: s_x·s_w far below 2·|b|/2³²
+    x = [torch.randn(32, 16, generator=g) for _ in range(3)]
+    wl = finish("tiny-weights", model, [(x[0],)], [((xi,), torch.randint(0, 4, (32,), generator=g)) for xi in x[1:]], None)
+    qg = prepare(wl)
+    sim, _, _, _ = prepare_simulator(wl, qg, Config())
+    fc = [l for l in qg.layers if l.bias is not None][-1]
+    w_name = fc.weights[0][1]
+    raised = sim.weight_qparams(w_name, 8).scale
+    plain = quantize_weight(sim._float_weight(w_name), sim.scheme.weights, qg.weight_axis.get(w_name), 8)[1].scale
+    assert bool((raised > 100 * plain).all())  # the scale ORT writes, not the min-max one
+    rep = export(wl, Config(), tmp_path, repeats=3, tune_ort=False)
+    assert rep.output_sqnr_db["sim_vs_engine"] == SQNR_CAP_DB, rep.output_sqnr_db
+    assert all(c["max_err_steps"] == 0 for c in rep.layer_checks), rep.layer_checks

@@ -101,3 +101,35 @@ def test_torchvision_whole_model_and_errors(image_folder, tmp_path):
         load_workload("torchvision:resnet9000", image_folder)
     with pytest.raises(WorkloadError, match="weights file not found"):
         load_workload("torchvision:resnet18@/nope.pt", image_folder)
+
+
+def test_torchvision_segmentation_is_scored_by_pixel_agreement(image_folder, tmp_path):
+    """A segmentation model on an image folder: no masks, so the targets are FP32's own per-pixel
+    classes (uint8), the metric pixel agreement (FP32 = 100 %); a fine-tuned head's class count
+    comes from its weights; flat folders work; top-5 is refused in one line."""
+    import torchvision
+    from PIL import Image
+
+    from qanalysis.workload import PIXEL_AGREEMENT_NAME, pixel_agreement
+
+    wl = load_workload("torchvision:lraspp_mobilenet_v3_large", image_folder)
+    assert wl.metric_name == PIXEL_AGREEMENT_NAME and wl.random_weights
+    x, t = wl.evaluation[0]
+    out = wl.model(*x)
+    assert out.shape[1:] == (21, 224, 224) and t.shape == (x[0].shape[0], 224, 224) and t.dtype == torch.uint8
+    assert wl.score(out) == 100.0
+    flipped = out.clone()
+    flipped[:, :, :112] = -flipped[:, :, :112]  # another class on the top half of every image
+    assert pixel_agreement(flipped, t) < 100.0
+    assert any("pixel agreement" in w for w in wl.warnings)
+    # fine-tuned weights with 5 classes (and an auxiliary head, which the deployed model does not run)
+    torch.save(torchvision.models.get_model("fcn_resnet50", weights=None, weights_backbone=None, num_classes=5,
+                                            aux_loss=True).state_dict(), tmp_path / "fcn5.pt")  # fmt: skip
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for i, p in enumerate(sorted(image_folder.rglob("*.png"))[:4]):
+        Image.open(p).save(flat / f"{i}.png")
+    wl5 = load_workload(f"torchvision:fcn_resnet50@{tmp_path / 'fcn5.pt'}", flat)
+    assert wl5.model(*wl5.evaluation[0][0]).shape[1] == 5 and wl5.score(wl5.model(*wl5.evaluation[0][0])) == 100.0
+    with pytest.raises(WorkloadError, match="top5 scores classifiers"):
+        load_workload("torchvision:lraspp_mobilenet_v3_large", image_folder, metric="top5")
