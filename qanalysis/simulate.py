@@ -230,21 +230,27 @@ def block_quantize(w_kn: torch.Tensor, bits: int, block: int, symmetric: bool, q
 
 
 # Float ops whose ONNX Runtime CPU kernels reduce or approximate in their own order (vectorized
-# LayerNormalization, MLAS's erf polynomial): the simulation runs them through ORT itself.
-ORT_FLOAT_OPS = ("LayerNormalization", "Erf")
+# LayerNormalization, MLAS's erf polynomial, Resize's interpolation weights): the simulation runs
+# them through ORT itself. A bilinear Resize between DQ and Q stays float in ORT's engines
+# (lraspp_mobilenet_v3_large) and torch's interpolation differs in the last bits, enough to move
+# values across a rounding boundary of the QuantizeLinear after it.
+ORT_FLOAT_OPS = ("LayerNormalization", "Erf", "Resize")
 
 
-def _one_node_session(prog, n):
-    """A one-node ONNX Runtime session of node ``n`` (inputs in0, in1, … as float tensors of any shape)."""
+def _one_node_session(prog, n, types: Mapping[int, int] | None = None, out_type: int | None = None):
+    """A one-node ONNX Runtime session of node ``n`` (inputs in0, in1, … of any shape, float unless
+    ``types`` gives input k another ONNX element type; the output float unless ``out_type``)."""
     import onnx
     import onnxruntime as ort
     from onnx import TensorProto, helper
 
+    types = types or {}
     ins = [f"in{k}" if t else "" for k, t in enumerate(n.inputs)]
     attrs = {k: v for k, v in n.attrs.items() if not isinstance(v, torch.Tensor)}
     node = helper.make_node(n.op, ins, [f"out{k}" for k in range(len(n.outputs))][:1], **attrs)
-    g = helper.make_graph([node], "one", [helper.make_tensor_value_info(x, TensorProto.FLOAT, None) for x in ins if x],
-                          [helper.make_tensor_value_info("out0", TensorProto.FLOAT, None)])  # fmt: skip
+    g = helper.make_graph([node], "one",
+                          [helper.make_tensor_value_info(x, types.get(k, TensorProto.FLOAT), None) for k, x in enumerate(ins) if x],
+                          [helper.make_tensor_value_info("out0", out_type or TensorProto.FLOAT, None)])  # fmt: skip
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", prog.opset)])
     so = ort.SessionOptions()
     so.log_severity_level = 3
@@ -1028,17 +1034,21 @@ class Simulator:
         """Node ``i`` (a float op ORT computes in its own order: ``ORT_FLOAT_OPS``) run by ONNX
         Runtime itself in a one-node session, so the float values the engine quantizes next are
         the engine's to the last bit; float32 inference only (autograd and other dtypes: torch)."""
+        from onnx import TensorProto
+
         n = self.prog.nodes[i]
-        if i not in self._ortk:
-            self._ortk[i] = _one_node_session(self.prog, n)
-        sess = self._ortk[i]
         fallback = get_op(n.op, n.name)
+        ints = {torch.int64: TensorProto.INT64, torch.int32: TensorProto.INT32}
 
         def run(args, attrs):
-            if any(a is not None and (a.dtype != torch.float32 or a.requires_grad) for a in args):
+            # float32 data; integer inputs (a Resize's sizes) pass as they are
+            if any(a is not None and ((a.dtype != torch.float32 and a.dtype not in ints) or a.requires_grad) for a in args):
                 return fallback(args, attrs)
+            if i not in self._ortk:
+                types = {k: ints.get(a.dtype, TensorProto.FLOAT) for k, a in enumerate(args) if a is not None}
+                self._ortk[i] = _one_node_session(self.prog, n, types)
             feeds = {f"in{k}": a.detach().contiguous().numpy() for k, a in enumerate(args) if a is not None}
-            return torch.from_numpy(sess.run(None, feeds)[0])
+            return torch.from_numpy(self._ortk[i].run(None, feeds)[0])
 
         return run
 
