@@ -234,7 +234,7 @@ def block_quantize(w_kn: torch.Tensor, bits: int, block: int, symmetric: bool, q
 # them through ORT itself. A bilinear Resize between DQ and Q stays float in ORT's engines
 # (lraspp_mobilenet_v3_large) and torch's interpolation differs in the last bits, enough to move
 # values across a rounding boundary of the QuantizeLinear after it.
-ORT_FLOAT_OPS = ("LayerNormalization", "Erf", "Resize")
+ORT_FLOAT_OPS = ("LayerNormalization", "Erf", "Resize", "ReduceMean")
 
 
 def _one_node_session(prog, n, types: Mapping[int, int] | None = None, out_type: int | None = None):
@@ -381,7 +381,7 @@ class Simulator:
         self.weight_qparams_override: dict[str, QParams] = {}  # initializer → exact (s, z) (AdaRound, GPTQ)
         self._layout: dict[int, str | None] = {}
         self._bq: dict[tuple[str, int, int], BlockQuant] = {}  # (weight, bits, block)
-        self._ortk: dict[int, object] = {}  # node → one-node ORT session (_ort_float_kernel)
+        self._ortk: dict[tuple[int, bool], object] = {}  # (node, channels-last) → one-node ORT session (_ort_float_kernel)
         layer_nodes = set(qg.by_node)
         self._origin: dict[str, Layer | None] = {}
         self._reach: dict[int, tuple[set[int], bool]] = {}
@@ -1027,28 +1027,57 @@ class Simulator:
                 if fn is not None:
                     out[i] = fn
             elif n.op in ORT_FLOAT_OPS and i not in out:
-                out[i] = self._ort_float_kernel(i)
+                out[i] = self._ort_float_kernel(i, channels_last=self._nhwc_in_engine(plan, i))
         return out
 
-    def _ort_float_kernel(self, i: int):
+    def _nhwc_in_engine(self, plan: SimPlan, i: int) -> bool:
+        """A spatial ReduceMean (global average pooling) whose input the engine reads quantized: ORT's
+        int8 engine runs the convolutions channels-last (NhwcTransformer) and its transpose optimizer
+        moves the layout through the ReduceMean, which then sums over axes (1, 2) of an NHWC tensor,
+        in another order than over (2, 3) of NCHW (regnet_y_800mf's squeeze-excitation means: one
+        value a step off, 58 dB simulated vs engine at the output). Only where the mean goes on
+        quantized to every reader (a squeeze-excitation's 1×1 conv): a mean that leaves the graph
+        in float keeps ORT's NCHW order (measured both ways on ORT 1.32)."""
+        n = self.prog.nodes[i]
+        k = plan.edges.get((i, 0))
+        if n.op != "ReduceMean" or k is None or k[0] != "q" or not n.outputs or n.outputs[0] in self.prog.outputs:
+            return False
+        y = n.outputs[0]
+        readers = [plan.edges.get((c, pos)) for c in self.prog.consumers.get(y, ())
+                   for pos, t in enumerate(self.prog.nodes[c].inputs) if t == y]  # fmt: skip
+        return bool(readers) and all(r is not None and r[0] == "q" for r in readers)
+
+    def _ort_float_kernel(self, i: int, channels_last: bool = False):
         """Node ``i`` (a float op ORT computes in its own order: ``ORT_FLOAT_OPS``) run by ONNX
         Runtime itself in a one-node session, so the float values the engine quantizes next are
-        the engine's to the last bit; float32 inference only (autograd and other dtypes: torch)."""
+        the engine's to the last bit; float32 inference only (autograd and other dtypes: torch).
+        ``channels_last``: a 4-D ReduceMean over (2, 3) runs on the NHWC tensor over (1, 2)."""
         from onnx import TensorProto
 
         n = self.prog.nodes[i]
         fallback = get_op(n.op, n.name)
         ints = {torch.int64: TensorProto.INT64, torch.int32: TensorProto.INT32}
 
+        def spatial(args) -> bool:
+            axes = args[1] if len(args) > 1 and args[1] is not None else n.attrs.get("axes")
+            if axes is None or args[0].dim() != 4 or not n.attrs.get("keepdims", 1):
+                return False
+            return sorted(int(a) % 4 for a in torch.as_tensor(axes).reshape(-1).tolist()) == [2, 3]
+
         def run(args, attrs):
             # float32 data; integer inputs (a Resize's sizes) pass as they are
             if any(a is not None and ((a.dtype != torch.float32 and a.dtype not in ints) or a.requires_grad) for a in args):
                 return fallback(args, attrs)
-            if i not in self._ortk:
+            nhwc = channels_last and "axes" not in n.attrs and spatial(args)  # opset ≥ 18: axes is an input
+            if nhwc:
+                args = [args[0].permute(0, 2, 3, 1), torch.tensor([1, 2], dtype=torch.int64), *args[2:]]
+            key = (i, nhwc)
+            if key not in self._ortk:
                 types = {k: ints.get(a.dtype, TensorProto.FLOAT) for k, a in enumerate(args) if a is not None}
-                self._ortk[i] = _one_node_session(self.prog, n, types)
+                self._ortk[key] = _one_node_session(self.prog, n, types)
             feeds = {f"in{k}": a.detach().contiguous().numpy() for k, a in enumerate(args) if a is not None}
-            return torch.from_numpy(self._ortk[i].run(None, feeds)[0])
+            y = torch.from_numpy(self._ortk[key].run(None, feeds)[0])
+            return y.permute(0, 3, 1, 2) if nhwc else y
 
         return run
 

@@ -230,3 +230,31 @@ def test_a_float_resize_between_quantized_tensors_is_the_engines(tmp_path):
     wl = finish("upsampler", model, [(x[0],)], [((xi,), torch.randint(0, 4, (16,), generator=g)) for xi in x[1:]], None)
     rep = export(wl, Config(), tmp_path, repeats=3, tune_ort=False)
     assert rep.output_sqnr_db["sim_vs_engine"] == SQNR_CAP_DB, rep.output_sqnr_db
+
+
+class _GlobalPool(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = torch.nn.Conv2d(3, 64, 3)
+
+    def forward(self, x):
+        return torch.relu(self.a(x)).mean(dim=(2, 3), keepdim=True).flatten(1)
+
+
+def test_a_global_mean_sums_in_the_engines_order(tmp_path):
+    """ORT's int8 engine runs convolutions channels-last; where a spatial ReduceMean goes on
+    quantized into another conv, it sums over (1, 2) of NHWC (regnet_y_800mf's squeeze-excitation
+    means, simulated so since 58 → 150 dB). A mean that leaves the graph in float keeps the NCHW
+    order (133 dB if summed channels-last): here the simulated means equal the engine's to the bit."""
+    from qanalysis.export import export
+    from qanalysis.metrics import SQNR_CAP_DB
+    from qanalysis.workload import finish
+
+    g = torch.Generator().manual_seed(0)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = _GlobalPool()
+    x = [torch.randn(16, 3, 30, 30, generator=g) for _ in range(3)]
+    wl = finish("global-pool", model, [(x[0],)], [((xi,), torch.randint(0, 4, (16,), generator=g)) for xi in x[1:]], None)
+    rep = export(wl, Config(), tmp_path, repeats=3, tune_ort=False)
+    assert rep.output_sqnr_db["sim_vs_engine"] == SQNR_CAP_DB, rep.output_sqnr_db
