@@ -258,6 +258,27 @@ def _one_node_session(prog, n, types: Mapping[int, int] | None = None, out_type:
     return ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
 
 
+def _qlinear_softmax_session(axis: int, sx: float, zx: float, sy: float, zy: float, opset: int):
+    """A one-node session of ORT's com.microsoft QLinearSoftmax (uint8 in and out), the kernel an
+    engine runs for DQ → Softmax → Q."""
+    import numpy as np
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    inits = [numpy_helper.from_array(np.array(v, dtype=dt), name)
+             for name, v, dt in (("sx", sx, np.float32), ("zx", zx, np.uint8), ("sy", sy, np.float32), ("zy", zy, np.uint8))]  # fmt: skip
+    # ``opset``: the Softmax's own (before 13, softmax over the input coerced to 2-D at ``axis``)
+    node = helper.make_node("QLinearSoftmax", ["x", "sx", "zx", "sy", "zy"], ["y"], domain="com.microsoft", axis=axis,
+                            opset=opset)  # fmt: skip
+    g = helper.make_graph([node], "qsoftmax", [helper.make_tensor_value_info("x", TensorProto.UINT8, None)],
+                          [helper.make_tensor_value_info("y", TensorProto.UINT8, None)], inits)  # fmt: skip
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", max(13, opset)), helper.make_opsetid("com.microsoft", 1)])
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    so.intra_op_num_threads = 1
+    return ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
+
+
 def weight_only_layout(qg: QuantGraph, layer: Layer) -> str | None:
     """How a layer's weight reads as MatMulNBits' W[K, N]: "kn" (MatMul x·W, Gemm transB=0),
     "nk" (Gemm transB=1: W stored [N, K]), or None when ORT has no weight-only kernel for it
@@ -381,7 +402,7 @@ class Simulator:
         self.weight_qparams_override: dict[str, QParams] = {}  # initializer → exact (s, z) (AdaRound, GPTQ)
         self._layout: dict[int, str | None] = {}
         self._bq: dict[tuple[str, int, int], BlockQuant] = {}  # (weight, bits, block)
-        self._ortk: dict[tuple[int, bool], object] = {}  # (node, channels-last) → one-node ORT session (_ort_float_kernel)
+        self._ortk: dict[tuple[int, object], object] = {}  # (node, variant) → one-node ORT session (_ort_float_kernel, QLinearSoftmax)
         layer_nodes = set(qg.by_node)
         self._origin: dict[str, Layer | None] = {}
         self._reach: dict[int, tuple[set[int], bool]] = {}
@@ -838,45 +859,35 @@ class Simulator:
         return run
 
     def _softmax_kernel(self, plan: SimPlan, i: int):
-        """ONNX Runtime's QLinearSoftmax (uint8), which ORT fuses from DQ → Softmax → Q: a table
-        e[k] = fp32(exp((k − 255 + β)·s_x)), k = q − max(q) + 255 along the axis, β = max(0,
-        ln(FLT_MAX / D) − 5) / s_x; Σ = the float32 sum of the row's e, in order; and
-        q_y = min(255, rne(fp32(e · ⌊1 / s_y⌋) / Σ) + z_y). The ⌊1 / s_y⌋ (254 where 1/s_y is
-        254.99…) and the float32 table make it differ from softmax-then-quantize by one step
-        on a fraction of the outputs."""
+        """ONNX Runtime's QLinearSoftmax (uint8), which ORT fuses from DQ → Softmax → Q, run by ORT
+        itself in a one-node session on the quantized input. Its arithmetic (a float32 table
+        e[k] = exp((k − 255 + β)·s_x) of k = q − max(q) + 255, a float32 row sum, then
+        q_y = rne(e · ⌊1 / s_y⌋ / Σ) + z_y) differs from softmax-then-quantize by a step on a fraction
+        of the outputs; modelled by hand it matched plain attention but not scores plus a bias or a
+        mask (maxvit_t's relative-position bias: 35 steps off at the worst; Hugging Face BERT's
+        additive mask), so the simulation now asks the kernel itself."""
         node = self.prog.nodes[i]
         if plan.edges.get((i, 0), (None,))[0] != "q" or not self._read_quantized(plan, node.outputs[0]):
-            return None
-        producer = self.prog.producer.get(node.inputs[0])
-        if producer is not None and self.prog.nodes[producer].op == "Add":
-            # an additive attention mask (Hugging Face BERT: scores + finfo.min): the engine's outputs
-            # differ from this table by more than a step there (not understood yet); float softmax
-            # then quantize is what they were checked against before
             return None
         xq, yq = self.act_qparams(node.inputs[0]), self.act_qparams(node.outputs[0])
         if xq is None or yq is None or xq.scale.dim() or yq.scale.dim():
             return None
         if (xq.qrange.qmin, xq.qrange.qmax, yq.qrange.qmin, yq.qrange.qmax) != (0, 255, 0, 255):
             return None
-        axis = int(node.attrs.get("axis", -1))
-        sx, sy, zy, zx = xq.scale.float(), yq.scale.float(), float(yq.zero_point), float(xq.zero_point)
-        inv = torch.floor(torch.tensor(1.0, dtype=torch.float32) / sy)
-        flt_max = float(torch.finfo(torch.float32).max)
+        axis = int(node.attrs.get("axis", -1 if self.prog.opset >= 13 else 1))
+        sx, zx, sy, zy = float(xq.scale), float(xq.zero_point), float(yq.scale), float(yq.zero_point)
+        fallback = get_op("Softmax", node.name)
 
         def run(args, attrs):
-            # q − z_x along ``axis``, as the interpreter's Softmax; NaN quantizes to q = 0, as MLAS's
-            q = torch.clamp(torch.nan_to_num(torch.round(args[0] / sx), nan=-zx), -zx, 255.0 - zx).movedim(axis, -1)
-            d = q.shape[-1]
-            fmax_over_d = float(torch.tensor(flt_max, dtype=torch.float32) / d)  # a float division in ORT
-            beta = max(0.0, math.log(fmax_over_d) - 5.0) / float(sx)
-            # libm's exp, as ORT's std::exp (torch's vectorized exp may differ in the last bit)
-            table = torch.tensor([math.exp((k - 255 + beta) * float(sx)) for k in range(256)], dtype=torch.float64).float()
-            e = table[(q - q.amax(-1, keepdim=True) + 255).long()]
-            total = torch.zeros(e.shape[:-1], dtype=torch.float32)
-            for j in range(d):  # ORT adds the row in order, in float32
-                total = total + e[..., j]
-            qy = torch.clamp(torch.round((e * inv) / total.unsqueeze(-1)) + zy, max=255.0)
-            return ((qy - zy) * sy).movedim(-1, axis)
+            x = args[0]
+            if x.dtype != torch.float32 or x.requires_grad:
+                return fallback(args, attrs)  # autograd (QAT): softmax, then the edge's fake quantization
+            if (i, "qsoftmax") not in self._ortk:
+                self._ortk[(i, "qsoftmax")] = _qlinear_softmax_session(axis, sx, zx, sy, zy, self.prog.opset)
+            # NaN quantizes to q = 0, as MLAS's QuantizeLinear
+            q = torch.nan_to_num(torch.round(x.detach() / sx), nan=-zx).add_(zx).clamp_(0, 255).to(torch.uint8)
+            y = self._ortk[(i, "qsoftmax")].run(None, {"x": q.contiguous().numpy()})[0]
+            return torch.from_numpy(y).to(torch.float32).sub_(zy).mul_(sy)
 
         return run
 
