@@ -4,7 +4,8 @@ For each model and each evaluation size N, in fresh subprocesses:
 
 * U — one FP32 evaluation of the same N samples: the exported FP32 ONNX graph in ONNX Runtime
   (best of 3, after a warm-up), the same OMP threads as the analysis; the PyTorch model's time
-  is recorded beside it;
+  is recorded beside it (``wall_U_torch``: the same wall time in evaluations of the PyTorch
+  model, which on 2 cores runs resnet18 about half as fast as ORT);
 * ``qanalysis analyze MODEL --eval-samples N`` under ``/usr/bin/time -v``: wall time and peak
   resident memory (its summary.json adds the sensitivity step's own time and the chunking).
 
@@ -125,13 +126,14 @@ def run(model: str, data: Path | None, n: int, work: Path, threads: int, timeout
             timings_s=t, chunk=s.get("sensitivity_chunk_samples"),
             bytes_per_sample_mb=(s.get("sensitivity_bytes_per_sample") or 0) / 2**20,
             wall_U=a["wall_s"] / uj["onnx_s"], sensitivity_U=(t.get("sensitivity") or 0) / uj["onnx_s"],
+            wall_U_torch=a["wall_s"] / uj["torch_s"],
         )  # fmt: skip
     return row
 
 
 def table(rows: list[dict]) -> str:
     cols = [("model", "{}"), ("n_eval", "{}"), ("layers", "{}"), ("U_s", "{:.2f}"), ("wall_s", "{:.1f}"),
-            ("wall_U", "{:.1f}"), ("sensitivity_s", "{:.1f}"), ("sensitivity_U", "{:.1f}"), ("chunk", "{}"),
+            ("wall_U", "{:.1f}"), ("torch_eval_s", "{:.2f}"), ("wall_U_torch", "{:.1f}"), ("sensitivity_s", "{:.1f}"), ("sensitivity_U", "{:.1f}"), ("chunk", "{}"),
             ("peak_rss_mb", "{:.0f}"), ("error", "{}")]  # fmt: skip
     lines = ["| " + " | ".join(c for c, _ in cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
