@@ -412,6 +412,18 @@ def _in_row_blocks(fn, args: list, rows: tuple[int, ...], bytes_per_sample) -> t
     return out
 
 
+def _same_as(w: torch.Tensor, b: torch.Tensor | None, sw: torch.Tensor, scalars: tuple):
+    """A check that a kernel's weight (the same tensor), integer bias, weight scales and scalars are
+    those a cached session was built with."""
+
+    def same(w2, b2, sw2, scalars2) -> bool:
+        if w2 is not w or scalars2 != scalars or (b is None) != (b2 is None):
+            return False
+        return torch.equal(sw2, sw) and (b is None or torch.equal(b2, b))
+
+    return same
+
+
 def _to_uint8(x: torch.Tensor, scale: float, zero_point: int) -> torch.Tensor:
     """``x`` (on the grid already) as ORT's uint8 q = clamp(rne(x / s) + z), contiguous; NaN → 0
     as MLAS's QuantizeLinear."""
@@ -453,6 +465,7 @@ class Simulator:
         self.weight_qparams_override: dict[str, QParams] = {}  # initializer → exact (s, z) (AdaRound, GPTQ)
         self._layout: dict[int, str | None] = {}
         self._bq: dict[tuple[str, int, int], BlockQuant] = {}  # (weight, bits, block)
+        self._kept: bool | set[str] = False  # the current run's ``keep``
         self._ortk: dict[tuple[int, object], object] = {}  # (node, variant) → one-node ORT session (float ops, QLinearSoftmax, pools, QLinearConv)
         layer_nodes = set(qg.by_node)
         self._origin: dict[str, Layer | None] = {}
@@ -1136,10 +1149,16 @@ class Simulator:
             x = args[x_pos]
             if x.dtype != torch.float32 or x.requires_grad or x.dim() != w.dim():
                 return run(args, attrs)
+            if self._kept is True or (self._kept and layer.output in self._kept):
+                # the caller reads this output itself (bias correction's pre-activations, the depth
+                # SQNR of layers.csv): the value before the clamp to the output grid, which readers
+                # through Q/DQ never see but a fused ReLU's grid would cut at zero
+                return run(args, attrs)
+            # one session per layer and weight variant, shared by the plans' kernels; rebuilt when a
+            # fix has changed this kernel's weight, bias (bias correction) or scales since
             entry = self._ortk.get(key)
-            if entry is None or entry[0] is not w:
-                wi = self._wint[(w_name, plan.weights[w_name])][1]
-                entry = (w, _qlinear_conv_session(wi, sw, b_int, fsx, zx, fsy, zy, conv_attrs))
+            if entry is None or not entry[0](w, b_int, sw, (fsx, zx, fsy, zy)):
+                entry = (_same_as(w, b_int, sw, (fsx, zx, fsy, zy)), _qlinear_conv_session(w_int, sw, b_int, fsx, zx, fsy, zy, conv_attrs))
                 self._ortk[key] = entry
             sess = entry[1]
 
@@ -1258,7 +1277,11 @@ class Simulator:
             k = edges.get((i, pos))
             return v if k is None else self._apply(k, v, nodes_[i].inputs[pos])
 
-        out = self.prog.run(feeds, env=env, nodes=nodes, edge=edge, weights=self.weights_for(plan), keep=keep, ops=self.plan_kernels(plan))
+        self._kept = keep  # what the caller reads raw: ORT's QLinearConv clamps, the by-hand kernel does not
+        try:
+            out = self.prog.run(feeds, env=env, nodes=nodes, edge=edge, weights=self.weights_for(plan), keep=keep, ops=self.plan_kernels(plan))
+        finally:
+            self._kept = False
         for t, k in plan.outputs.items():
             if t in out:
                 out[t] = self._apply(k, out[t], t)

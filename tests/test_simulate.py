@@ -159,6 +159,25 @@ def test_engine_arithmetic_is_what_closes_the_gap():
     assert 30 < sqnr_db(outs[True], outs[False]) < SQNR_CAP_DB
 
 
+def test_onnx_runtimes_conv_kernel_and_the_by_hand_one_agree_and_kept_outputs_stay_raw():
+    """Int8 convs run by ORT's QLinearConv (a run that keeps nothing) give the same model outputs
+    bit for bit as the by-hand integer sums (a run that keeps every tensor); a conv output the
+    caller keeps is the value before the clamp to its output grid: with a fused ReLU it still has
+    its negative pre-activations (bias correction and the depth SQNR read them)."""
+    wl = cached_workload("sample:digits_resnet")
+    qg = prepare(wl)
+    sim, _, _, _ = prepare_simulator(wl, qg, Config())
+    plan = sim.plan(Config())
+    feeds = dict(zip(qg.input_names, wl.evaluation[0][0]))
+    by_ort = sim.output(sim.run(feeds, plan))
+    env = sim.run(feeds, plan, keep=True)
+    assert torch.equal(by_ort, sim.output(env))
+    prog = sim.prog
+    fused = [l for l in qg.layers if prog.nodes[l.node].op == "Conv" and sim._quantized_output(plan, l) not in (None, l.output)]
+    assert fused, "digits_resnet has convs with a fused ReLU"
+    assert any(float(env[l.output].min()) < 0 for l in fused)
+
+
 def test_integer_weights_are_shared_by_every_plan():
     """Sensitivity holds 2 × layers plans at once; each plan's integer kernels read the integer
     weights from one simulator-wide copy per (weight, grid), not a copy per plan (per plan,
