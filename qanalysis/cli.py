@@ -376,10 +376,12 @@ def _search_check(args: argparse.Namespace):
 def _search_run(wl, args: argparse.Namespace, checked, say, out: Path):
     from .analysis import analyze
     from .report import write_search
+    from .memory import release
     from .search import search
 
     budget, config = checked
     a = analyze(wl, config, progress=say, baseline=False, previews=0)
+    release(0)  # the analysis' freed tensors, before the engines are built and profiled
     for w in a.warnings:
         print(f"warning: {w}", file=sys.stderr)
     res = search(a, budget, objective=args.objective, progress=say, formats=args.formats,

@@ -119,16 +119,25 @@ class Workload:
         """Lower-is-better metrics (perplexity) are judged by their relative increase in %, not in points."""
         return not self.higher_is_better
 
+    def _eval_targets(self) -> list[torch.Tensor]:
+        """The evaluation batches' targets, without reading (normalizing) an image batch: the
+        metric asks for them once per layer and per run."""
+        ev = self.evaluation
+        return ev.target_list() if isinstance(ev, ImageBatches) else [t for _, t in ev]
+
     @property
     def n_eval(self) -> int:
-        return sum(int(t.shape[0]) for _, t in self.evaluation)
+        return sum(int(t.shape[0]) for t in self._eval_targets())
 
     @property
     def n_calib(self) -> int:
-        return sum(int(x[0].shape[0]) for x in self.calibration)
+        cal = self.calibration
+        if isinstance(cal, ImageBatches):  # without normalizing every batch to count it
+            return sum(cal.batch_sizes())
+        return sum(int(x[0].shape[0]) for x in cal)
 
     def targets(self) -> torch.Tensor:
-        return torch.cat([t for _, t in self.evaluation], dim=0)
+        return torch.cat(self._eval_targets(), dim=0)
 
     def score(self, outputs: torch.Tensor) -> float:
         """The task metric of concatenated outputs; NaN outputs or a failing metric raise."""
@@ -888,6 +897,13 @@ class ImageBatches(collections.abc.Sequence):
     @property
     def nbytes(self) -> int:
         return sum(u8.numel() for u8, _ in self._pixels)
+
+    def batch_sizes(self) -> list[int]:
+        return [int(u8.shape[0]) for u8, _ in self._pixels]
+
+    def target_list(self) -> list[torch.Tensor]:
+        """Each batch's targets (as its items carry them), without normalizing its pixels."""
+        return [t for _, t in self._pixels]
 
 
 def stored_image_batches(files: list[tuple[Path, int]], *, size: int = 224, resize: int | None = 256, mean=IMAGENET_MEAN,

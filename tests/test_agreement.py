@@ -70,3 +70,22 @@ def test_metric_needs_a_classifier(resnet18_10_classes):
     model, data = resnet18_10_classes
     with pytest.raises(WorkloadError, match="10-class head but .* has 2 class folders"):  # top5: labels must fit
         load_workload(model, data, metric="top5")
+
+
+def test_targets_and_counts_of_an_image_folder_do_not_normalize_its_pixels(resnet18_10_classes, monkeypatch):
+    """The metric asks for the targets once per layer and run: reading them must not normalize
+    every stored image batch (efficientnet_b0's search: 442 reads of every batch, +3 GB resident)."""
+    from qanalysis.workload import ImageBatches
+
+    model, data = resnet18_10_classes
+    wl = load_workload(model, data, metric="agreement")
+    assert isinstance(wl.evaluation, ImageBatches) and isinstance(wl.calibration, ImageBatches)
+    expected = torch.cat([t for _, t in wl.evaluation])
+    n_eval, n_calib = wl.n_eval, wl.n_calib
+
+    def no_read(self, i):
+        raise AssertionError("an image batch was normalized")
+
+    monkeypatch.setattr(ImageBatches, "_item", no_read)
+    assert torch.equal(wl.targets(), expected)
+    assert (wl.n_eval, wl.n_calib) == (n_eval, n_calib) == (int(expected.shape[0]), n_calib) and n_calib > 0
