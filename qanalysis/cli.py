@@ -375,8 +375,8 @@ def _search_check(args: argparse.Namespace):
 
 def _search_run(wl, args: argparse.Namespace, checked, say, out: Path):
     from .analysis import analyze
-    from .report import write_search
     from .memory import release
+    from .report import write_search
     from .search import search
 
     budget, config = checked
