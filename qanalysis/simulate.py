@@ -424,6 +424,15 @@ def _same_as(w: torch.Tensor, b: torch.Tensor | None, sw: torch.Tensor, scalars:
     return same
 
 
+def _unclamped(kernel, keep: bool | set[str]):
+    """``kernel``, or its unclamped by-hand twin where the run keeps the kernel's output for the
+    caller (``keep`` True: every output)."""
+    twin = getattr(kernel, "unclamped", None)
+    if twin is None or (keep is not True and twin[0] not in keep):
+        return kernel
+    return twin[1]
+
+
 def _to_uint8(x: torch.Tensor, scale: float, zero_point: int) -> torch.Tensor:
     """``x`` (on the grid already) as ORT's uint8 q = clamp(rne(x / s) + z), contiguous; NaN → 0
     as MLAS's QuantizeLinear."""
@@ -465,7 +474,6 @@ class Simulator:
         self.weight_qparams_override: dict[str, QParams] = {}  # initializer → exact (s, z) (AdaRound, GPTQ)
         self._layout: dict[int, str | None] = {}
         self._bq: dict[tuple[str, int, int], BlockQuant] = {}  # (weight, bits, block)
-        self._kept: bool | set[str] = False  # the current run's ``keep``
         self._ortk: dict[tuple[int, object], object] = {}  # (node, variant) → one-node ORT session (float ops, QLinearSoftmax, pools, QLinearConv)
         layer_nodes = set(qg.by_node)
         self._origin: dict[str, Layer | None] = {}
@@ -1149,11 +1157,6 @@ class Simulator:
             x = args[x_pos]
             if x.dtype != torch.float32 or x.requires_grad or x.dim() != w.dim():
                 return run(args, attrs)
-            if self._kept is True or (self._kept and layer.output in self._kept):
-                # the caller reads this output itself (bias correction's pre-activations, the depth
-                # SQNR of layers.csv): the value before the clamp to the output grid, which readers
-                # through Q/DQ never see but a fused ReLU's grid would cut at zero
-                return run(args, attrs)
             # one session per layer and weight variant, shared by the plans' kernels; rebuilt when a
             # fix has changed this kernel's weight, bias (bias correction) or scales since
             entry = self._ortk.get(key)
@@ -1169,6 +1172,11 @@ class Simulator:
             # over blocks of samples: a float32 and a uint8 copy of the input, the uint8 and float32 output
             return _in_row_blocks(block, list(args), (x_pos,), lambda a, y: 5 * a[x_pos][0].numel() + 5 * y[0].numel())
 
+        # a run that keeps this output for its caller (bias correction's pre-activations, the depth
+        # SQNR of layers.csv) reads the value before the clamp to the output grid, which readers
+        # through Q/DQ never see but a fused ReLU's grid would cut at zero: ``Simulator.run`` swaps in
+        # the by-hand kernel, the same integers unclamped
+        run_ort.unclamped = (layer.output, run)
         return run_ort
 
     def integer_kernels(self, plan: SimPlan) -> dict[int, object]:
@@ -1277,11 +1285,10 @@ class Simulator:
             k = edges.get((i, pos))
             return v if k is None else self._apply(k, v, nodes_[i].inputs[pos])
 
-        self._kept = keep  # what the caller reads raw: ORT's QLinearConv clamps, the by-hand kernel does not
-        try:
-            out = self.prog.run(feeds, env=env, nodes=nodes, edge=edge, weights=self.weights_for(plan), keep=keep, ops=self.plan_kernels(plan))
-        finally:
-            self._kept = False
+        ops = self.plan_kernels(plan)
+        if keep:  # what the caller reads raw: ORT's QLinearConv clamps, the by-hand kernel does not
+            ops = {i: _unclamped(k, keep) for i, k in ops.items()}
+        out = self.prog.run(feeds, env=env, nodes=nodes, edge=edge, weights=self.weights_for(plan), keep=keep, ops=ops)
         for t, k in plan.outputs.items():
             if t in out:
                 out[t] = self._apply(k, out[t], t)
