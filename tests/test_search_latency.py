@@ -124,3 +124,21 @@ def test_one_latency_protocol_median_iqr_and_unstable():
     assert j.unstable and j.iqr_ms > 3.0 and "unstable" in j.label()
     both = time_interleaved({"steady": steady, "slow": lambda: time.sleep(0.006)}, repeats=12, warmup=1)
     assert both["steady"].median_ms < both["slow"].median_ms and both["slow"].repeats == 12
+
+
+def test_warm_up_of_a_long_call_stops_at_a_fifth_of_the_budget():
+    """A call as long as a whole evaluation batch is warmed up once or twice, not five times; a
+    short call gets its five warm-up calls."""
+    calls = {"slow": 0, "fast": 0}
+
+    def slow():
+        calls["slow"] += 1
+        time.sleep(0.15)
+
+    def fast():
+        calls["fast"] += 1
+
+    lat = time_calls(slow, 1, repeats=3, warmup=5, budget_s=0.5, min_runs=3)
+    assert lat.repeats == 3 and calls["slow"] == 1 + 3  # warm-up: 0.15 s > 0.5 / 5 after one call
+    time_calls(fast, 1, repeats=3, warmup=5, budget_s=0.5, min_runs=3)
+    assert calls["fast"] == 5 + 3
