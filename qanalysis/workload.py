@@ -122,8 +122,8 @@ class Workload:
     def _eval_targets(self) -> list[torch.Tensor]:
         """The evaluation batches' targets, without reading (normalizing) an image batch: the
         metric asks for them once per layer and per run."""
-        ev = self.evaluation
-        return ev.target_list() if isinstance(ev, ImageBatches) else [t for _, t in ev]
+        lazy = getattr(self.evaluation, "target_list", None)  # batches stored apart from their inputs (ImageBatches)
+        return lazy() if lazy is not None else [t for _, t in self.evaluation]
 
     @property
     def n_eval(self) -> int:
@@ -131,10 +131,8 @@ class Workload:
 
     @property
     def n_calib(self) -> int:
-        cal = self.calibration
-        if isinstance(cal, ImageBatches):  # without normalizing every batch to count it
-            return sum(cal.batch_sizes())
-        return sum(int(x[0].shape[0]) for x in cal)
+        sizes = getattr(self.calibration, "batch_sizes", None)  # without normalizing every batch to count it
+        return sum(sizes()) if sizes is not None else sum(int(x[0].shape[0]) for x in self.calibration)
 
     def targets(self) -> torch.Tensor:
         return torch.cat(self._eval_targets(), dim=0)
