@@ -424,16 +424,14 @@ def _in_row_blocks(fn, args: list, rows: tuple[int, ...], bytes_per_sample) -> t
     return out
 
 
-def _same_as(w: torch.Tensor, b: torch.Tensor | None, sw: torch.Tensor, scalars: tuple):
-    """A check that a kernel's weight (the same tensor), integer bias, weight scales and scalars are
-    those a cached session was built with."""
-
-    def same(w2, b2, sw2, scalars2) -> bool:
-        if w2 is not w or scalars2 != scalars or (b is None) != (b2 is None):
-            return False
-        return torch.equal(sw2, sw) and (b is None or torch.equal(b2, b))
-
-    return same
+def _same_state(a: tuple, b: tuple) -> bool:
+    """Two conv kernel states (weight, integer bias, weight scales, scalars): the same weight
+    tensor, equal bias, scales and scalars. A cached session is rebuilt when its state changed
+    (a fix changed the bias or scales since)."""
+    (w, bias, sw, sc), (w2, bias2, sw2, sc2) = a, b
+    if w is not w2 or sc != sc2 or (bias is None) != (bias2 is None):
+        return False
+    return torch.equal(sw, sw2) and (bias is None or torch.equal(bias, bias2))
 
 
 def _unclamped(kernel, keep: bool | set[str]):
@@ -1195,8 +1193,9 @@ class Simulator:
             # one session per layer and weight variant, shared by the plans' kernels; rebuilt when a
             # fix has changed this kernel's weight, bias (bias correction) or scales since
             entry = self._ortk.get(key)
-            if entry is None or not entry[0](w, b_int, sw, (fsx, zx, fsy, zy)):
-                entry = (_same_as(w, b_int, sw, (fsx, zx, fsy, zy)), _qlinear_conv_session(w_int, sw, b_int, fsx, zx, fsy, zy, conv_attrs))
+            state = (w, b_int, sw, (fsx, zx, fsy, zy))
+            if entry is None or not _same_state(entry[0], state):
+                entry = (state, _qlinear_conv_session(w_int, sw, b_int, fsx, zx, fsy, zy, conv_attrs))
                 self._ortk[key] = entry
             sess = entry[1]
 
