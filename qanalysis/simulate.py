@@ -233,8 +233,10 @@ def block_quantize(w_kn: torch.Tensor, bits: int, block: int, symmetric: bool, q
 # LayerNormalization, MLAS's erf polynomial, Resize's interpolation weights): the simulation runs
 # them through ORT itself. A bilinear Resize between DQ and Q stays float in ORT's engines
 # (lraspp_mobilenet_v3_large) and torch's interpolation differs in the last bits, enough to move
-# values across a rounding boundary of the QuantizeLinear after it.
-ORT_FLOAT_OPS = ("LayerNormalization", "Erf", "Resize", "ReduceMean")
+# values across a rounding boundary of the QuantizeLinear after it. ReduceL2 (F.normalize, swin_v2's
+# cosine attention): ORT's sum of squares differs from torch's on 40 % of the norms, and
+# swin_v2_t's simulation read 39.3 dB against its engine with every layer check exact.
+ORT_FLOAT_OPS = ("LayerNormalization", "Erf", "Resize", "ReduceMean", "ReduceL2")
 
 
 def _kernel_session(model, threads: int = 1):
