@@ -168,10 +168,11 @@ def layer_checks(wl: Workload, sim: Simulator, plan: SimPlan, engine_path: Path,
     Every tensor the engine dequantizes is exposed as an extra output of a debug copy; the
     simulator re-runs only the layer's node (and a ReLU fused into it) on those inputs.
 
-    Memory: the simulated run keeps only the tensors the layers' re-runs read, and each batch
-    runs in chunks that fit the memory budget (``memory.chunks``) at what one sample holds at
-    once: the engine's exposed tensors and its arena, the kept tensors, one simulated run's live
-    tensors. Whole batches when they fit (the numbers of an unchunked run); the sums over chunks
+    Memory: the layers are checked in groups whose engine tensors and kept simulated tensors fit
+    half the memory budget at one sample (one group for small graphs); per group the engine hands
+    back only that group's tensors and the simulated run keeps only what its re-runs read, and
+    each batch runs in chunks that fit the budget (``memory.chunks``) at what one sample holds at
+    once. Whole batches when they fit (the numbers of an unchunked run); the sums over chunks
     add up to those of the whole batch up to float rounding."""
     qg = sim.qg
     prog = qg.program
@@ -219,42 +220,72 @@ def layer_checks(wl: Workload, sim: Simulator, plan: SimPlan, engine_path: Path,
                 targets.append((l.name, t, nodes))
                 break
     acc: dict[str, list] = defaultdict(lambda: [0.0, 0.0, 0.0, 0, 0])  # sig, noise, max steps, n off, n
-    read = set().union(*(_inputs_of(prog, nodes) for _, _, nodes in targets)) - set(prog.initializers)
+    batches = wl.evaluation[:n_batches]
+    if not batches or not targets:
+        return []
+    fp0 = sim.footprint(batches[0][0])
 
-    def per_sample(x) -> int:
-        fp = sim.footprint(x)
-        # the engine's exposed tensors twice (ONNX Runtime's buffers and the arrays it hands back;
-        # counted once, efficientnet_b0's layer checks peaked at 6.7 GB resident under a 2 GiB
-        # budget), its own live tensors, the kept ones, one simulated run, and a layer's
-        # comparison (its re-run output and fake-quantized copy, the float64 squares and the steps:
-        # uncounted, resnet50's checks on 32 images peaked at 1.5 GB over the process's base)
-        return 2 * fp.kept(dq_of) + fp.float_live + fp.kept(read) + fp.live + 7 * fp.largest
+    def engine_needs(group) -> set[str]:
+        """The engine tensors a group's checks read: each target and the inputs of its nodes."""
+        out = set()
+        for _, t, nodes in group:
+            out |= ({t} | _inputs_of(prog, nodes)) & (set(dq_of) | wo_inputs)
+        return out
 
+    def held(group) -> int:
+        """Bytes per sample a group's checks hold besides a run's live tensors: the engine's
+        exposed tensors twice (ONNX Runtime's buffers and the arrays it hands back; counted once,
+        efficientnet_b0's layer checks peaked at 6.7 GB resident under a 2 GiB budget) and the
+        simulated tensors kept for the re-runs."""
+        read = set().union(*(_inputs_of(prog, nodes) for _, _, nodes in group)) - set(prog.initializers)
+        return 2 * fp0.kept(engine_needs(group)) + fp0.kept(read)
+
+    # the layers in groups whose exposed and kept tensors fit half the budget at one sample: one
+    # engine run and one simulated run per group and chunk (swin_t exposes 0.6 GB a sample; all
+    # at once, its checks grew the process by 1.3 GB on 2 images)
+    groups: list[list] = [[]]
+    for tgt in targets:
+        if groups[-1] and held(groups[-1] + [tgt]) > memory.current_budget() // 2:
+            groups.append([])
+        groups[-1].append(tgt)
     with torch.inference_mode():
-        for x in memory.chunks(wl.evaluation[:n_batches], per_sample):
-            feeds = {i.name: t.numpy() for i, t in zip(sess.get_inputs(), x)}
-            res = dict(zip(out_names, sess.run(None, feeds)))
-            env = sim.run(dict(zip(qg.input_names, x)), plan, keep=read)
-            engine_env = {t: torch.from_numpy(res[d]).float() for t, d in dq_of.items() if d in res}
-            engine_env.update({t: torch.from_numpy(res[t]).float() for t in wo_inputs if t in res})
-            del res
-            for layer, t, nodes in targets:
-                qp = sim.act_qparams(t)
-                if qp is None or t not in engine_env:
-                    continue
-                local = {**env, **{k: v for k, v in engine_env.items() if k in _inputs_of(prog, nodes)}}
-                got = sim.run(dict(zip(qg.input_names, x)), plan, env=local, nodes=nodes, keep=True)
-                s = fake_quant(got[t], qp)
-                e = engine_env[t]
-                if e.shape != s.shape:
-                    continue
-                steps = (e - s).abs() / float(qp.scale)
-                a = acc[layer]
-                a[0] += float((s.double() ** 2).sum())
-                a[1] += float(((s - e).double() ** 2).sum())
-                a[2] = max(a[2], float(steps.max()))
-                a[3] += int((steps > 1.01).sum())
-                a[4] += steps.numel()
+        for group in groups:
+            fetch_of = {t: dq_of.get(t, t) for t in engine_needs(group)}
+            fetch = sorted(set(fetch_of.values()) & set(out_names))
+            read = set().union(*(_inputs_of(prog, nodes) for _, _, nodes in group)) - set(prog.initializers)
+            base = held(group)
+
+            def per_sample(x, base=base) -> int:
+                fp = sim.footprint(x)
+                # a run's own live tensors (the engine's and one simulated), and a layer's comparison
+                # (its re-run output and fake-quantized copy, the float64 squares and the steps:
+                # uncounted, resnet50's checks on 32 images peaked at 1.5 GB over the process's base)
+                return base + fp.float_live + fp.live + 7 * fp.largest
+
+            for x in memory.chunks(batches, per_sample):
+                feeds = {i.name: t.numpy() for i, t in zip(sess.get_inputs(), x)}
+                res = dict(zip(fetch, sess.run(fetch, feeds)))
+                env = sim.run(dict(zip(qg.input_names, x)), plan, keep=read)
+                engine_env = {t: torch.from_numpy(res[d]).float() for t, d in fetch_of.items() if d in res}
+                del res
+                for layer, t, nodes in group:
+                    qp = sim.act_qparams(t)
+                    if qp is None or t not in engine_env:
+                        continue
+                    local = {**env, **{k: v for k, v in engine_env.items() if k in _inputs_of(prog, nodes)}}
+                    got = sim.run(dict(zip(qg.input_names, x)), plan, env=local, nodes=nodes, keep=True)
+                    s = fake_quant(got[t], qp)
+                    e = engine_env[t]
+                    if e.shape != s.shape:
+                        continue
+                    steps = (e - s).abs() / float(qp.scale)
+                    a = acc[layer]
+                    a[0] += float((s.double() ** 2).sum())
+                    a[1] += float(((s - e).double() ** 2).sum())
+                    a[2] = max(a[2], float(steps.max()))
+                    a[3] += int((steps > 1.01).sum())
+                    a[4] += steps.numel()
+                del env, engine_env
     out = []
     for layer, t, _ in targets:
         a = acc.get(layer)
