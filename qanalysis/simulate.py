@@ -257,7 +257,6 @@ def _kernel_session(model, threads: int = 1):
 def _one_node_session(prog, n, types: Mapping[int, int] | None = None, out_type: int | None = None):
     """A one-node ONNX Runtime session of node ``n`` (inputs in0, in1, … of any shape, float unless
     ``types`` gives input k another ONNX element type; the output float unless ``out_type``)."""
-    import onnx
     from onnx import TensorProto, helper
 
     types = types or {}
@@ -273,9 +272,11 @@ def _one_node_session(prog, n, types: Mapping[int, int] | None = None, out_type:
 def _float_io_session(node, grids: Mapping[str, tuple[str, str]], out_grid: tuple[str, str], inits, opsets, threads: int = 1):
     """A session of ``node`` (uint8 inputs named in ``grids`` → their scale and zero point
     initializers; one uint8 output on ``out_grid``) between ORT's own QuantizeLinear and
-    DequantizeLinear: float32 in (``<input>_f``), float32 out (``y_f``). On values on the input
-    grids, the same bits as quantizing and dequantizing around it by hand, without the five passes
-    over memory that took a third of efficientnet_b0's analysis."""
+    DequantizeLinear: float32 in (``<input>_f``), float32 out (``y_f``). The input may be raw or
+    already fake-quantized on the same grid: Q(x) = Q(DQ(Q(x))), since (q − z)·s / s rounds back to
+    q − z in float32 for |q − z| ≤ 255. The same bits as quantizing and dequantizing around the
+    kernel by hand, without the five passes over memory that took a third of efficientnet_b0's
+    analysis."""
     from onnx import TensorProto, helper
 
     nodes = [helper.make_node("QuantizeLinear", [f"{x}_f", s, z], [x]) for x, (s, z) in grids.items()]
