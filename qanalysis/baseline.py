@@ -58,7 +58,7 @@ def _latency(times: list[float], batch: int) -> Latency:
 def _warm_up(fns: list[Callable[[], object]], warmup: int, budget_s: float) -> None:
     """``warmup`` rounds of calls (at least one), fewer once they have taken ``budget_s / 5``."""
     start = time.perf_counter()
-    for k in range(warmup):
+    for _ in range(warmup):
         for fn in fns:
             fn()
         if time.perf_counter() - start > budget_s / 5:

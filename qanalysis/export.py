@@ -225,35 +225,35 @@ def layer_checks(wl: Workload, sim: Simulator, plan: SimPlan, engine_path: Path,
         return []
     fp0 = sim.footprint(batches[0][0])
 
-    def engine_needs(group) -> set[str]:
-        """The engine tensors a group's checks read: each target and the inputs of its nodes."""
-        out = set()
-        for _, t, nodes in group:
-            out |= ({t} | _inputs_of(prog, nodes)) & (set(dq_of) | wo_inputs)
-        return out
+    # each check's tensors, once: the engine tensors it reads (its target and the inputs of its
+    # nodes) and the simulated tensors its re-run reads
+    exposed = set(dq_of) | wo_inputs
+    needs = [(({t} | _inputs_of(prog, nodes)) & exposed, _inputs_of(prog, nodes) - set(prog.initializers)) for _, t, nodes in targets]
 
-    def held(group) -> int:
+    def held(engine: set[str], read: set[str]) -> int:
         """Bytes per sample a group's checks hold besides a run's live tensors: the engine's
         exposed tensors twice (ONNX Runtime's buffers and the arrays it hands back; counted once,
         efficientnet_b0's layer checks peaked at 6.7 GB resident under a 2 GiB budget) and the
         simulated tensors kept for the re-runs."""
-        read = set().union(*(_inputs_of(prog, nodes) for _, _, nodes in group)) - set(prog.initializers)
-        return 2 * fp0.kept(engine_needs(group)) + fp0.kept(read)
+        return 2 * fp0.kept(engine) + fp0.kept(read)
 
     # the layers in groups whose exposed and kept tensors fit half the budget at one sample: one
     # engine run and one simulated run per group and chunk (swin_t exposes 0.6 GB a sample; all
     # at once, its checks grew the process by 1.3 GB on 2 images)
-    groups: list[list] = [[]]
-    for tgt in targets:
-        if groups[-1] and held(groups[-1] + [tgt]) > memory.current_budget() // 2:
-            groups.append([])
-        groups[-1].append(tgt)
+    groups: list[tuple[list, set[str], set[str]]] = [([], set(), set())]
+    for tgt, (eng, rd) in zip(targets, needs):
+        group, engine, read = groups[-1]
+        if group and held(engine | eng, read | rd) > memory.current_budget() // 2:
+            group, engine, read = [], set(), set()
+            groups.append((group, engine, read))
+        group.append(tgt)
+        engine |= eng
+        read |= rd
     with torch.inference_mode():
-        for group in groups:
-            fetch_of = {t: dq_of.get(t, t) for t in engine_needs(group)}
+        for group, engine, read in groups:
+            fetch_of = {t: dq_of.get(t, t) for t in engine}
             fetch = sorted(set(fetch_of.values()) & set(out_names))
-            read = set().union(*(_inputs_of(prog, nodes) for _, _, nodes in group)) - set(prog.initializers)
-            base = held(group)
+            base = held(engine, read)
 
             def per_sample(x, base=base) -> int:
                 fp = sim.footprint(x)
