@@ -269,9 +269,9 @@ def _one_node_session(prog, n, types: Mapping[int, int] | None = None, out_type:
     return _kernel_session(helper.make_model(g, opset_imports=[helper.make_opsetid("", prog.opset)]))
 
 
-def _float_io_session(node, grids: Mapping[str, tuple[str, str]], out_grid: tuple[str, str], inits, opsets, threads: int = 1):
+def _float_io_session(node, grids: Mapping[str, tuple[str, str]], out_grid: tuple[str, str] | None, inits, opsets, threads: int = 1):
     """A session of ``node`` (uint8 inputs named in ``grids`` → their scale and zero point
-    initializers; one uint8 output on ``out_grid``) between ORT's own QuantizeLinear and
+    initializers; one uint8 output on ``out_grid``, or a float output where it is None) between ORT's own QuantizeLinear and
     DequantizeLinear: float32 in (``<input>_f``), float32 out (``y_f``). The input may be raw or
     already fake-quantized on the same grid: Q(x) = Q(DQ(Q(x))), since (q − z)·s / s rounds back to
     q − z in float32 for |q − z| ≤ 255. The same bits as quantizing and dequantizing around the
@@ -280,7 +280,11 @@ def _float_io_session(node, grids: Mapping[str, tuple[str, str]], out_grid: tupl
     from onnx import TensorProto, helper
 
     nodes = [helper.make_node("QuantizeLinear", [f"{x}_f", s, z], [x]) for x, (s, z) in grids.items()]
-    nodes += [node, helper.make_node("DequantizeLinear", [node.output[0], *out_grid], ["y_f"])]
+    if out_grid is None:  # a kernel with float output (MatMulIntegerToFloat): its output is y_f
+        node.output[0] = "y_f"
+        nodes.append(node)
+    else:
+        nodes += [node, helper.make_node("DequantizeLinear", [node.output[0], *out_grid], ["y_f"])]
     g = helper.make_graph(nodes, node.op_type, [helper.make_tensor_value_info(f"{x}_f", TensorProto.FLOAT, None) for x in grids],
                           [helper.make_tensor_value_info("y_f", TensorProto.FLOAT, None)], inits)  # fmt: skip
     return _kernel_session(helper.make_model(g, opset_imports=[helper.make_opsetid(d, v) for d, v in opsets]), threads)
@@ -331,6 +335,50 @@ def _qlinear_conv_session(w_int: torch.Tensor, sw: torch.Tensor, b_int: torch.Te
     node = helper.make_node("QLinearConv", ["x"] + [n for n, _ in arrays], ["y"], **attrs)
     return _float_io_session(node, {"x": ("sx", "zx")}, ("sy", "zy"), [numpy_helper.from_array(a, n) for n, a in arrays],
                              [("", 13)], torch.get_num_threads())  # fmt: skip
+
+
+def _qlinear_matmul_session(op: str, w_int: torch.Tensor, sw: torch.Tensor, b_int: torch.Tensor | None,
+                            sx: float, zx: int, sy: float, zy: int, trans_b: bool = False):
+    """A session of the kernel an engine runs for DQ → MatMul/Gemm → Q with an int8 weight (zero
+    points 0, per-tensor or per-output-column scale): ONNX's QLinearMatMul (a MatMul, no bias) or
+    com.microsoft QGemm (a Gemm, int32 bias, ``trans_b``), on as many threads as torch uses here,
+    float in and out (``_float_io_session``: feed ``x_f``)."""
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    sw_ = sw.numpy().astype(np.float32).reshape(-1)
+    if sw_.size == 1:
+        sw_ = sw_.reshape(())
+    arrays = [("sx", np.array(sx, np.float32)), ("zx", np.array(zx, np.uint8)), ("w", w_int.numpy().astype(np.int8)),
+              ("sw", sw_), ("zw", np.zeros(sw_.shape, np.int8)), ("sy", np.array(sy, np.float32)), ("zy", np.array(zy, np.uint8))]  # fmt: skip
+    if op == "MatMul":
+        node = helper.make_node("QLinearMatMul", ["x", "sx", "zx", "w", "sw", "zw", "sy", "zy"], ["y"])
+    else:
+        if b_int is not None:
+            arrays.append(("b", b_int.numpy().astype(np.int32).reshape(-1)))
+        node = helper.make_node("QGemm", ["x", "sx", "zx", "w", "sw", "zw", "b" if b_int is not None else "", "sy", "zy"], ["y"],
+                                domain="com.microsoft", transB=int(trans_b))  # fmt: skip
+    return _float_io_session(node, {"x": ("sx", "zx")}, ("sy", "zy"), [numpy_helper.from_array(a, n) for n, a in arrays],
+                             [("", 13), ("com.microsoft", 1)], torch.get_num_threads())  # fmt: skip
+
+
+def _qlinear_matmul2_session(sa: float, za: int, sb: float, zb: int, y: tuple[float, int] | None):
+    """A session of the kernel an engine runs for a MatMul of two uint8 activations: QLinearMatMul
+    where the output is quantized (``y`` = its scale and zero point), com.microsoft
+    MatMulIntegerToFloat where it stays float; float in and out (feed ``a_f``, ``b_f``)."""
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    arrays = [("sa", np.array(sa, np.float32)), ("za", np.array(za, np.uint8)), ("sb", np.array(sb, np.float32)),
+              ("zb", np.array(zb, np.uint8))]  # fmt: skip
+    if y is not None:
+        arrays += [("sy", np.array(y[0], np.float32)), ("zy", np.array(y[1], np.uint8))]
+        node = helper.make_node("QLinearMatMul", ["a", "sa", "za", "b", "sb", "zb", "sy", "zy"], ["y"])
+    else:
+        node = helper.make_node("MatMulIntegerToFloat", ["a", "b", "sa", "sb", "za", "zb"], ["y"], domain="com.microsoft")
+    return _float_io_session(node, {"a": ("sa", "za"), "b": ("sb", "zb")}, ("sy", "zy") if y is not None else None,
+                             [numpy_helper.from_array(a, n) for n, a in arrays], [("", 13), ("com.microsoft", 1)],
+                             torch.get_num_threads())  # fmt: skip
 
 
 def weight_only_layout(qg: QuantGraph, layer: Layer) -> str | None:
@@ -487,7 +535,7 @@ class Simulator:
         self.weight_qparams_override: dict[str, QParams] = {}  # initializer → exact (s, z) (AdaRound, GPTQ)
         self._layout: dict[int, str | None] = {}
         self._bq: dict[tuple[str, int, int], BlockQuant] = {}  # (weight, bits, block)
-        self._ortk: dict[tuple[int, object], object] = {}  # (node, variant) → one-node ORT session (float ops, QLinearSoftmax, pools, QLinearConv)
+        self._ortk: dict[tuple, object] = {}  # (node, kernel, grids) → one-node ORT session (float ops, QLinear* kernels): ``_session``
         layer_nodes = set(qg.by_node)
         self._origin: dict[str, Layer | None] = {}
         self._reach: dict[int, tuple[set[int], bool]] = {}
@@ -784,6 +832,16 @@ class Simulator:
         return w
 
     # ------------------------------------------------------------------ the engine's integer kernels
+    def _session(self, key: tuple, make):
+        """The cached one-node ORT session under ``key``: the node, the kernel and every grid it was
+        built for. Plans of one simulator give one node different grids (a MatMul's output
+        quantized in the full plan, float in its only-this-layer plan; another calibration), and
+        a session keyed by the node alone handed one plan another's kernel."""
+        sess = self._ortk.get(key)
+        if sess is None:
+            sess = self._ortk[key] = make()
+        return sess
+
     def _on_grid(self, plan: SimPlan, i: int):
         """Node ``i``'s activation inputs read through Q/DQ (``positions``) and a function that
         fake-quantizes them as their edges do. An ORT kernel (``_float_io_session``) quantizes
@@ -889,9 +947,7 @@ class Simulator:
                 a, b = args[0], args[1]
                 if not (_all_finite(a) and _all_finite(b)):
                     return by_hand(args, attrs)
-            if (i, op) not in self._ortk:
-                self._ortk[(i, op)] = _qlinear_binary_session(op, sa, za, sb, zb, sc, zc)
-            sess = self._ortk[(i, op)]
+            sess = self._session((i, op, sa, za, sb, zb, sc, zc), lambda: _qlinear_binary_session(op, sa, za, sb, zb, sc, zc))
 
             def block(ab):
                 return torch.from_numpy(sess.run(None, {"a_f": _f32(ab[0]), "b_f": _f32(ab[1])})[0])
@@ -984,7 +1040,33 @@ class Simulator:
                 return block(args)
             return _in_row_blocks(block, args, (0, 1), lambda a, y: 8 * (a[0][0].numel() + a[1][0].numel()) + 12 * y[0].numel())
 
-        return run
+        # on uint8 grids: ORT's kernel itself (QLinearMatMul / MatMulIntegerToFloat), the same bits
+        if any((q.qrange.qmin, q.qrange.qmax) != (0, 255) for q in (*qps, *([yq] if yq is not None else []))):
+            return run
+        (fsa, za), (fsb, zb) = ((float(q.scale), int(q.zero_point)) for q in qps)
+        y = (float(yq.scale), int(yq.zero_point)) if yq is not None else None
+        i = layer.node
+        on_grid = self._on_grid(plan, i)
+
+        def run_ort(args, attrs):
+            a, b = args[0], args[1]
+            if a.dtype != torch.float32 or b.dtype != torch.float32 or a.requires_grad or b.requires_grad or a.dim() < 2 or b.dim() < 2:
+                return run(on_grid(args), attrs)
+            if not (_all_finite(a) and _all_finite(b)):  # an infinity read raw is finite on the grid
+                return run(on_grid(args), attrs)
+            sess = self._session((i, "qmatmul2", fsa, za, fsb, zb, y), lambda: _qlinear_matmul2_session(fsa, za, fsb, zb, y))
+
+            def block(ab):
+                return torch.from_numpy(sess.run(None, {"a_f": _f32(ab[0]), "b_f": _f32(ab[1])})[0])
+
+            if a.dim() < 3 or b.dim() < 3:
+                return block([a, b])
+            return _in_row_blocks(block, [a, b], (0, 1), lambda ab, y: 5 * (ab[0][0].numel() + ab[1][0].numel()) + 5 * y[0].numel())
+
+        run_ort.quantizes = on_grid.positions
+        if yq is not None:  # a kept output is the value before the clamp to the output grid
+            run_ort.unclamped = (layer.output, run)
+        return run_ort
 
     def _softmax_kernel(self, plan: SimPlan, i: int):
         """ONNX Runtime's QLinearSoftmax (uint8), which ORT fuses from DQ → Softmax → Q, run by ORT
@@ -1011,10 +1093,10 @@ class Simulator:
             x = args[0]
             if x.dtype != torch.float32 or x.requires_grad:
                 return fallback(on_grid(args), attrs)  # autograd (QAT): softmax, then the edge's fake quantization
-            if (i, "qsoftmax") not in self._ortk:
-                # opset: the Softmax's own (before 13, softmax over the input coerced to 2-D at ``axis``)
-                self._ortk[(i, "qsoftmax")] = _qlinear_session("QLinearSoftmax", sx, zx, sy, zy, axis=axis, opset=self.prog.opset)
-            return torch.from_numpy(self._ortk[(i, "qsoftmax")].run(None, {"x_f": _f32(x)})[0])
+            # opset: the Softmax's own (before 13, softmax over the input coerced to 2-D at ``axis``)
+            sess = self._session((i, "qsoftmax", sx, zx, sy, zy),
+                                 lambda: _qlinear_session("QLinearSoftmax", sx, zx, sy, zy, axis=axis, opset=self.prog.opset))  # fmt: skip
+            return torch.from_numpy(sess.run(None, {"x_f": _f32(x)})[0])
 
         run.quantizes = on_grid.positions
         return run
@@ -1044,9 +1126,7 @@ class Simulator:
             x = args[0]
             if x.dtype != torch.float32 or x.requires_grad or x.dim() < 3:
                 return fallback(on_grid(args), a)
-            if (i, "qpool") not in self._ortk:
-                self._ortk[(i, "qpool")] = _qlinear_session(op, sx, zx, sy, zy, channels_last=0, **attrs)
-            sess = self._ortk[(i, "qpool")]
+            sess = self._session((i, "qpool", sx, zx, sy, zy), lambda: _qlinear_session(op, sx, zx, sy, zy, channels_last=0, **attrs))
             return _in_row_blocks(lambda b: torch.from_numpy(sess.run(None, {"x_f": _f32(b[0])})[0]),
                                   [x], (0,), lambda b, y: 5 * b[0][0].numel() + 5 * y[0].numel())  # fmt: skip
 
@@ -1178,27 +1258,39 @@ class Simulator:
         # the sums above (exact integers, the same requantization) at a fraction of the time (resnet18's
         # 3×3 convs: 5–13× faster than the chunked float32 sums, which dominated the analysis)
         zx, zy = int(xq.zero_point), int(yq.zero_point)
-        ortable = (node.op == "Conv" and x_pos == 0 and w_pos == 1 and (b_pos in (None, 2))
+        # and so for a MatMul (QLinearMatMul) or Gemm (QGemm) with an int8 weight (swin_t: the by-hand
+        # sums of its MatMuls were a third of its analysis)
+        ortable = (x_pos == 0 and w_pos == 1 and (b_pos in (None, 2))
                    and (xq.qrange.qmin, xq.qrange.qmax, yq.qrange.qmin, yq.qrange.qmax) == (0, 255, 0, 255)
                    and bool((wq.zero_point == 0).all()) and float(w_int.abs().max()) <= 127)  # fmt: skip
         if not ortable:
             return run
-        key = (layer.node, ("qconv", plan.weights[w_name]))
+        key = (layer.node, ("qlinear", plan.weights[w_name]))
         conv_attrs = {k: v for k, v in node.attrs.items()
                       if k in ("auto_pad", "dilations", "group", "kernel_shape", "pads", "strides") and not isinstance(v, torch.Tensor)}  # fmt: skip
         fsx, fsy = float(sx), float(sy)
         on_grid = self._on_grid(plan, layer.node)
 
+        def session():
+            if node.op == "Conv":
+                return _qlinear_conv_session(w_int, sw, b_int, fsx, zx, fsy, zy, conv_attrs)
+            return _qlinear_matmul_session(node.op, w_int, sw, b_int, fsx, zx, fsy, zy, bool(node.attrs.get("transB", 0)))
+
+        def runs_in_ort(x: torch.Tensor) -> bool:
+            if x.dtype != torch.float32 or x.requires_grad:
+                return False
+            return x.dim() == w.dim() if node.op == "Conv" else (x.dim() == 2 if node.op == "Gemm" else x.dim() >= 2)
+
         def run_ort(args, attrs):
             x = args[x_pos]
-            if x.dtype != torch.float32 or x.requires_grad or x.dim() != w.dim():
+            if not runs_in_ort(x):
                 return run(on_grid(args), attrs)
             # one session per layer and weight variant, shared by the plans' kernels; rebuilt when a
             # fix has changed this kernel's weight, bias (bias correction) or scales since
             entry = self._ortk.get(key)
             state = (w, b_int, sw, (fsx, zx, fsy, zy))
             if entry is None or not _same_state(entry[0], state):
-                entry = (state, _qlinear_conv_session(w_int, sw, b_int, fsx, zx, fsy, zy, conv_attrs))
+                entry = (state, session())
                 self._ortk[key] = entry
             sess = entry[1]
 
