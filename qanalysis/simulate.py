@@ -527,7 +527,7 @@ class Simulator:
         self._w: dict[Hashable, torch.Tensor] = {}
         # integer weights of the integer kernels, shared by every plan that quantizes a weight the
         # same way (per plan, sensitivity's 2 × layers plans held layers × weights: efficientnet GBs)
-        self._wint: dict[tuple, tuple[torch.Tensor, torch.Tensor, list | None]] = {}
+        self._wint: dict[tuple, tuple[torch.Tensor, torch.Tensor, float]] = {}  # (weight, key) → (float weight, integers, max |integer|)
         self._wqp: dict[tuple, QParams] = {}
         self._bias_layers: dict[str, list[Layer]] | None = None  # weight → layers with an int32 bias
         self.overrides: dict[str, tuple[float, float]] = {}  # tensor → forced [rmin, rmax]
@@ -1176,10 +1176,11 @@ class Simulator:
         sw = wq.scale.float().reshape(-1)
         cached = self._wint.get((w_name, plan.weights[w_name]))
         if cached is not None and cached[0] is w:
-            w_int = cached[1]
+            w_int, w_max = cached[1], cached[2]
         else:
             s, _ = broadcast_qparams(wq, w)
             w_int = torch.round(w / s)
+            w_max = float(w_int.abs().max())  # once per weight: per kernel, a tenth of convnext_tiny's sensitivity
         # x̄·w̄ products are integers ≤ 255·128, so float32 sums are exact while K·255·128 < 2²⁴:
         # the reduction is split into chunks that short (float32 kernels), chunk sums added in float64
         group = int(node.attrs.get("group", 1)) if node.op == "Conv" else 1
@@ -1187,7 +1188,7 @@ class Simulator:
         k_axis_x = 1 if node.op == "Conv" else -1
         k = w[0].numel() if node.op == "Conv" else int(w.shape[k_axis_w])
         per_k = w[0, 0].numel() if node.op == "Conv" else 1  # kernel positions per input channel
-        terms = 2**24 // (255 * max(1, int(w_int.abs().max())))
+        terms = 2**24 // (255 * max(1, int(w_max)))
         step = max(1, terms // per_k)
         if k <= terms:
             chunks = [None]
@@ -1197,7 +1198,7 @@ class Simulator:
             chunks = []  # float64 in one go
         if cached is None or cached[0] is not w:
             w_int = w_int.to(torch.float32 if chunks else torch.float64)
-            self._wint[(w_name, plan.weights[w_name])] = (w, w_int, None)
+            self._wint[(w_name, plan.weights[w_name])] = (w, w_int, w_max)
         b_int = None
         if b_name is not None:
             b_int = int32_bias(self._float_weight(b_name), (sx * sw).float())
@@ -1262,7 +1263,7 @@ class Simulator:
         # sums of its MatMuls were a third of its analysis)
         ortable = (x_pos == 0 and w_pos == 1 and (b_pos in (None, 2))
                    and (xq.qrange.qmin, xq.qrange.qmax, yq.qrange.qmin, yq.qrange.qmax) == (0, 255, 0, 255)
-                   and bool((wq.zero_point == 0).all()) and float(w_int.abs().max()) <= 127)  # fmt: skip
+                   and bool((wq.zero_point == 0).all()) and w_max <= 127)  # fmt: skip
         if not ortable:
             return run
         key = (layer.node, ("qlinear", plan.weights[w_name]))

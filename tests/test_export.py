@@ -4,6 +4,7 @@ import json
 
 import onnx
 import pytest
+import torch
 
 from conftest import SPECS, cached_workload
 from qanalysis.baseline import engine_peak_memory, measure_peak_memory
@@ -143,3 +144,19 @@ def test_simulation_error_is_well_below_quantization_error(tmp_path, name, margi
     assert q["margin_db"] == pytest.approx(q["sim_vs_engine"] - q["engine_vs_fp32"])
     assert q["margin_db"] >= margin, q
     assert "output SQNR: simulated vs engine" in rep.table()
+
+
+def test_an_all_float_export_reports_no_margin(tmp_path):
+    """With every layer in float the engine's outputs equal FP32's: there is no quantization error
+    for the simulation to predict, so no margin (digits_vit's all-float config printed
+    "margin −15.8 dB", which read as a failure)."""
+    from qanalysis.export import output_sqnr
+
+    wl = cached_workload("sample:digits_cnn")
+    qg = prepare(wl)
+    rep = export(wl, Config().with_layers({l.name: "fp32" for l in qg.layers}), tmp_path, repeats=3, tune_ort=False)
+    q = json.loads(json.dumps(rep.to_dict()))["output_sqnr_db"]
+    assert q["engine_vs_fp32"] == 150.0 and q["margin_db"] is None, q
+    assert "no margin to report" in rep.table() and "margin -" not in rep.table() and "margin −" not in rep.table()
+    x = torch.randn(8, 10)
+    assert output_sqnr(x, x + 0.01, x)["margin_db"] is not None  # a real quantization error keeps its margin
