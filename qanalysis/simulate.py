@@ -432,8 +432,8 @@ class SimPlan:
     edges: dict[tuple[int, int], Hashable] = field(default_factory=dict)
     weights: dict[str, Hashable] = field(default_factory=dict)
     outputs: dict[str, Hashable] = field(default_factory=dict)
-    # (the simulator's state, Simulator.integer_kernels) for this plan, made on its first run
-    kernels: tuple[tuple, dict[int, object]] | None = field(default=None, repr=False, compare=False)
+    # (the simulator's state, Simulator.integer_kernels, their raw edges) for this plan, made on its first run
+    kernels: tuple[tuple, dict[int, object], set[tuple[int, int]]] | None = field(default=None, repr=False, compare=False)
 
     def float_tensors(self, qg: QuantGraph) -> list[str]:
         """Tensors ORT would quantize in an all-int8 engine that stay float under this config."""
@@ -492,6 +492,12 @@ def _unclamped(kernel, keep: bool | set[str]):
     if twin is None or (keep is not True and twin[0] not in keep):
         return kernel
     return twin[1]
+
+
+def _raw_edges(kernels: Mapping[int, object]) -> set[tuple[int, int]]:
+    """The edges (node, input position) whose fake quantization ``Simulator.run`` skips: inputs an
+    ORT kernel quantizes itself (its session's QuantizeLinear, on the edge's grid)."""
+    return {(i, p) for i, k in kernels.items() for p in getattr(k, "quantizes", ())}
 
 
 def _f32(x: torch.Tensor):
@@ -1396,7 +1402,8 @@ class Simulator:
         key = (id(self), self.engine_arithmetic, tuple(sorted(self.overrides.items())), tuple(sorted(self.weight_overrides)),
                tuple(sorted(self.weight_qparams_override)))  # fmt: skip
         if plan.kernels is None or plan.kernels[0] != key:
-            plan.kernels = (key, self.integer_kernels(plan))
+            ks = self.integer_kernels(plan)
+            plan.kernels = (key, ks, _raw_edges(ks))
         return plan.kernels[1]
 
     def run(
@@ -1416,10 +1423,10 @@ class Simulator:
             return v if k is None or (i, pos) in raw else self._apply(k, v, nodes_[i].inputs[pos])
 
         ops = self.plan_kernels(plan)
+        raw = plan.kernels[2]
         if keep:  # what the caller reads raw: ORT's QLinearConv clamps, the by-hand kernel does not
             ops = {i: _unclamped(k, keep) for i, k in ops.items()}
-        # inputs an ORT kernel quantizes itself (its session's QuantizeLinear, on the edge's grid)
-        raw = {(i, p) for i, k in ops.items() for p in getattr(k, "quantizes", ())}
+            raw = _raw_edges(ops)
         out = self.prog.run(feeds, env=env, nodes=nodes, edge=edge, weights=self.weights_for(plan), keep=keep, ops=ops)
         for t, k in plan.outputs.items():
             if t in out:
