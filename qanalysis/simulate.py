@@ -271,7 +271,8 @@ def _one_node_session(prog, n, types: Mapping[int, int] | None = None, out_type:
 
 def _float_io_session(node, grids: Mapping[str, tuple[str, str]], out_grid: tuple[str, str] | None, inits, opsets, threads: int = 1):
     """A session of ``node`` (uint8 inputs named in ``grids`` → their scale and zero point
-    initializers; one uint8 output on ``out_grid``, or a float output where it is None) between ORT's own QuantizeLinear and
+    initializers; one uint8 output on ``out_grid``, or where it is None a float output the node
+    names ``y_f`` itself) between ORT's own QuantizeLinear and
     DequantizeLinear: float32 in (``<input>_f``), float32 out (``y_f``). The input may be raw or
     already fake-quantized on the same grid: Q(x) = Q(DQ(Q(x))), since (q − z)·s / s rounds back to
     q − z in float32 for |q − z| ≤ 255. The same bits as quantizing and dequantizing around the
@@ -280,8 +281,8 @@ def _float_io_session(node, grids: Mapping[str, tuple[str, str]], out_grid: tupl
     from onnx import TensorProto, helper
 
     nodes = [helper.make_node("QuantizeLinear", [f"{x}_f", s, z], [x]) for x, (s, z) in grids.items()]
-    if out_grid is None:  # a kernel with float output (MatMulIntegerToFloat): its output is y_f
-        node.output[0] = "y_f"
+    if out_grid is None:  # a kernel with float output (MatMulIntegerToFloat) writes y_f itself
+        assert list(node.output) == ["y_f"], node.output
         nodes.append(node)
     else:
         nodes += [node, helper.make_node("DequantizeLinear", [node.output[0], *out_grid], ["y_f"])]
@@ -375,7 +376,7 @@ def _qlinear_matmul2_session(sa: float, za: int, sb: float, zb: int, y: tuple[fl
         arrays += [("sy", np.array(y[0], np.float32)), ("zy", np.array(y[1], np.uint8))]
         node = helper.make_node("QLinearMatMul", ["a", "sa", "za", "b", "sb", "zb", "sy", "zy"], ["y"])
     else:
-        node = helper.make_node("MatMulIntegerToFloat", ["a", "b", "sa", "sb", "za", "zb"], ["y"], domain="com.microsoft")
+        node = helper.make_node("MatMulIntegerToFloat", ["a", "b", "sa", "sb", "za", "zb"], ["y_f"], domain="com.microsoft")
     return _float_io_session(node, {"a": ("sa", "za"), "b": ("sb", "zb")}, ("sy", "zy") if y is not None else None,
                              [numpy_helper.from_array(a, n) for n, a in arrays], [("", 13), ("com.microsoft", 1)],
                              torch.get_num_threads())  # fmt: skip
@@ -842,7 +843,10 @@ class Simulator:
         """The cached one-node ORT session under ``key``: the node, the kernel and every grid it was
         built for. Plans of one simulator give one node different grids (a MatMul's output
         quantized in the full plan, float in its only-this-layer plan; another calibration), and
-        a session keyed by the node alone handed one plan another's kernel."""
+        a session keyed by the node alone handed one plan another's kernel. (The weighted
+        kernels, QLinearConv / QLinearMatMul / QGemm, keep one session per layer and weight
+        variant instead and rebuild it when its state changes: ``_same_state``. Their sessions
+        hold a copy of the weight, so stale variants are not kept.)"""
         sess = self._ortk.get(key)
         if sess is None:
             sess = self._ortk[key] = make()
